@@ -1,0 +1,124 @@
+"""Turn a composed config into a `Run`. The only module that calls `hydra.utils.instantiate`."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mtlrun import checkpoint
+from mtlrun.console import Console
+from mtlrun.engine import Run, TrainerConfig
+from mtlrun.errors import UserError
+from mtlrun.loggers import TensorBoardLogger
+from mtlrun.models.multitask import MultiTaskModel
+from mtlrun.tasks import Direction, Task
+
+
+def trainer_config(cfg: DictConfig) -> TrainerConfig:
+    """The `trainer` group checked against the `TrainerConfig` schema: an unknown key or a
+    value of the wrong type is an error naming the key."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
+    except OmegaConfBaseException as error:
+        key = f"trainer.{error.full_key}" if getattr(error, "full_key", None) else "trainer"
+        reason = str(error).splitlines()[0]
+        raise UserError(f"{key}: {reason}; see conf/trainer/default.yaml for the keys and types") from error
+    trainer = TrainerConfig(**OmegaConf.to_container(merged, resolve=True))
+    if min(trainer.epochs, trainer.batch_size, trainer.log_every_n_steps, trainer.eval_every_n_epochs) < 1:
+        raise UserError("trainer.epochs, batch_size, log_every_n_steps and eval_every_n_epochs must be >= 1")
+    if trainer.progress not in ("auto", "bar", "plain", "none"):
+        raise UserError(f"trainer.progress must be auto, bar, plain or none, got '{trainer.progress}'")
+    return trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA device is available; use trainer.device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"trainer.device={name} is not a device; use auto, cpu, cuda or cuda:N") from error
+
+
+def build(cfg: DictConfig, output_dir: Path, choices: dict[str, Any] | None = None, console: Console | None = None) -> Run:
+    """Instantiate dataset, backbone, tasks, model, weighting, optimizer and scheduler.
+
+    Args:
+        cfg: the composed config.
+        output_dir: the run folder (checkpoints, events, metrics.json go here).
+        choices: the config-group options picked (for the hparams table), if known.
+        console: where progress goes; one is made from `trainer.progress` if not given.
+    """
+    trainer = trainer_config(cfg)
+    task_names = list(cfg.get("tasks") or {})
+    if not task_names:
+        raise UserError("no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'")
+    resume_from = checkpoint.resolve(cfg.resume) if cfg.get("resume") else None
+    device = resolve_device(trainer.device)
+    if trainer.threads > 0:
+        torch.set_num_threads(trainer.threads)
+    torch.manual_seed(trainer.seed)
+
+    data = instantiate(cfg.dataset)(batch_size=trainer.batch_size, shuffle_seed=trainer.seed, device=device)
+    backbone = instantiate(cfg.backbone)
+    tasks: dict[str, Task] = {
+        name: instantiate(cfg.tasks[name])(
+            name=name, info=data.info, in_channels=backbone.out_channels, stride=backbone.stride
+        )
+        for name in task_names
+    }
+    model = MultiTaskModel(backbone, {name: task.head for name, task in tasks.items()}).to(device)
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    weighting = instantiate(cfg.weighting)
+    weighting.setup(task_names)
+    weighting.to(device)
+    optimizer = instantiate(cfg.optimizer)(params=[*model.parameters(), *weighting.parameters()])
+    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
+
+    directions: dict[str, Direction] = {}
+    for name, task in tasks.items():
+        directions.update({f"val/{name}/{metric}": way for metric, way in task.metric_directions.items()})
+        directions[f"val/{name}/loss"] = Direction.MIN
+    first = tasks[task_names[0]]
+    monitor = f"val/{first.name}/{first.main_metric}" if trainer.monitor == "auto" else trainer.monitor
+    if monitor not in directions:
+        raise UserError(f"trainer.monitor={monitor} is not a metric of this run; choose one of: {', '.join(directions)}")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return Run(
+        trainer=trainer,
+        device=device,
+        data=data,
+        tasks=tasks,
+        model=model,
+        weighting=weighting,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        output_dir=output_dir,
+        loggers=[TensorBoardLogger(output_dir)],
+        console=console or Console(trainer.progress),
+        monitor=monitor,
+        directions=directions,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        hparams=hparams(cfg, task_names, choices or {}),
+        resume_from=resume_from,
+    )
+
+
+def hparams(cfg: DictConfig, task_names: list[str], choices: dict[str, Any]) -> dict[str, Any]:
+    """The run's defining settings, flat, for TensorBoard's HPARAMS tab."""
+    picked = {group: str(option) for group, option in choices.items() if not group.startswith("hydra") and group != "tasks"}
+    return {
+        **picked,
+        "tasks": ",".join(task_names),
+        "optimizer.lr": float(cfg.optimizer.lr),
+        "trainer.batch_size": int(cfg.trainer.batch_size),
+        "trainer.epochs": int(cfg.trainer.epochs),
+        "trainer.seed": int(cfg.trainer.seed),
+    }

@@ -1,0 +1,103 @@
+"""The `mtlrun` command: compose the config, print it, build the run, train, report.
+
+Expected user errors end as one line on stderr and a non-zero exit; set HYDRA_FULL_ERROR=1
+for the traceback.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrun.errors import UserError
+
+# Run folders carry the process id, so runs started in the same microsecond stay apart.
+OmegaConf.register_new_resolver("mtlrun_pid", os.getpid, replace=True)
+
+GROUPS = ("backbone", "tasks", "weighting", "dataset", "optimizer", "scheduler", "trainer", "experiment")
+
+
+def config_dir() -> Path:
+    """conf/ inside the installed package (wheel), else the repository's top-level conf/."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def fail(message: str) -> None:
+    print(f"mtlrun: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def train(cfg: DictConfig) -> float | None:
+    """Hydra task function: returns the monitored metric, for sweepers to optimise."""
+    from mtlrun.build import build
+    from mtlrun.console import Console
+    from mtlrun.engine import fit
+
+    try:
+        console = Console(str(cfg.trainer.get("progress", "auto")))
+        console.print_config(cfg)
+        hydra_config = HydraConfig.get()
+        run = build(cfg, Path(hydra_config.runtime.output_dir), dict(hydra_config.runtime.choices), console)
+        metrics = fit(run)
+        return metrics.get(run.monitor)
+    except UserError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fail(str(error))
+    return None
+
+
+def check_group_options(arguments: list[str]) -> None:
+    """Answer an unknown config-group option with one line listing the choices.
+
+    Hydra reports these itself, but over several lines; this catches the common case before
+    Hydra starts. Anything this cannot parse is left to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in arguments if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra gives its own message for malformed overrides
+        return
+    root = config_dir()
+    for override in parsed:
+        group = override.key_or_group
+        if group not in GROUPS or override.package or not (root / group).is_dir():
+            continue
+        if override.is_delete() or override.value() is None:
+            continue
+        available = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        for option in _options(override):
+            if option not in available:
+                fail(f"unknown {group} '{option}'; choose from: {', '.join(available)}")
+
+
+def _options(override) -> list[str]:
+    """The option names an override selects, across sweeps and lists."""
+    if override.is_sweep_override():
+        values = list(override.sweep_string_iterator())
+    else:
+        values = [override.value()]
+    names: list[str] = []
+    for value in values:
+        if isinstance(value, str) and value.startswith("["):
+            value = [item.strip() for item in value.strip("[]").split(",") if item.strip()]
+        names.extend(str(item) for item in (value if isinstance(value, list) else [value]))
+    return names
+
+
+def main() -> None:
+    check_group_options(sys.argv[1:])
+    train()
+
+
+if __name__ == "__main__":
+    main()

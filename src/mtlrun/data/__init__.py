@@ -1,0 +1,19 @@
+"""Datasets. Every dataset yields batches with the same contract:
+
+    {"image": FloatTensor[B, 3, H, W] in [0, 1],
+     "targets": {target_name: tensor or dict of tensors, ...}}
+
+Targets by kind:
+    classification  LongTensor[B]                  class index
+    segmentation    LongTensor[B, H, W]            class index, -1 = ignore
+    depth           FloatTensor[B, 1, H, W]        depth, 0 = invalid pixel
+    generation      FloatTensor[B, 3, H, W]        the image to reconstruct
+    detection       {"boxes": FloatTensor[B, M, 4], "labels": LongTensor[B, M]}
+                    boxes are (x1, y1, x2, y2) in pixels; images with fewer than M objects
+                    are padded with label -1 and an all-zero box (padding is masked by
+                    `labels >= 0`).
+"""
+
+from mtlrun.data.base import Batch, DataSource, DatasetInfo, move_batch
+
+__all__ = ["Batch", "DataSource", "DatasetInfo", "move_batch"]

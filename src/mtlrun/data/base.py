@@ -1,0 +1,51 @@
+"""The batch contract and the interface every dataset offers to the engine."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What tasks need to know about a dataset to size their heads.
+
+    Attributes:
+        name: the dataset's name, for messages.
+        image_size: (height, width) of the images.
+        targets: the target names every batch carries.
+        num_classes: classes per class-valued target (e.g. {"cls": 5, "seg": 6}).
+        class_names: optional names per class-valued target, for pictures.
+    """
+
+    name: str
+    image_size: tuple[int, int]
+    targets: frozenset[str]
+    num_classes: dict[str, int] = field(default_factory=dict)
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+
+
+class DataSource(Protocol):
+    """A dataset bound to a batch size, a shuffle seed and a device."""
+
+    info: DatasetInfo
+
+    def num_train_batches(self) -> int: ...
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """Shuffled training batches; the order depends only on (seed, epoch)."""
+        ...
+
+    def val_batches(self) -> Iterator[Batch]: ...
+
+
+def move_batch(value: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to `device` without blocking the host."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: move_batch(item, device) for key, item in value.items()}
+    return value

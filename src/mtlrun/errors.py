@@ -1,0 +1,9 @@
+"""Errors that are the user's to fix: the CLI prints them as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """A problem with the input (config, paths, data) that the message tells how to fix."""
+
+
+class NonFiniteLossError(UserError):
+    """A task's loss became NaN or infinite during training."""

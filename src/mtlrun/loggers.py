@@ -1,0 +1,46 @@
+"""Where scalars, pictures and hyperparameters go: a small protocol and TensorBoard."""
+
+from pathlib import Path
+from typing import Protocol
+
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+
+class Logger(Protocol):
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def log_images(self, images: dict[str, Tensor], step: int) -> None: ...
+
+    def log_hparams(self, hparams: dict[str, str | float | int | bool], metrics: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoardLogger:
+    """Writes event files into `log_dir` (the run folder)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_images(self, images: dict[str, Tensor], step: int) -> None:
+        for tag, image in images.items():
+            self.writer.add_image(tag, image, step)
+
+    def log_hparams(self, hparams: dict[str, str | float | int | bool], metrics: dict[str, float]) -> None:
+        # Written into this run's own event file (SummaryWriter.add_hparams would open a
+        # sub-folder), so a sweep's runs line up in the HPARAMS tab. The metric values are
+        # the final val scalars already logged under the same tags.
+        experiment, session_start, session_end = hparams_summary(hparams, metrics)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,74 @@
+"""Metric accumulators that live on the device and sync the host only when computed."""
+
+import torch
+from torch import Tensor
+
+
+class ConfusionMatrix:
+    """Counts of (true class, predicted class); yields accuracy, macro-F1 and mean IoU.
+
+    Labels equal to `ignore_index` (or outside 0..num_classes-1) are left out.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = -1) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts: Tensor | None = None
+
+    def reset(self) -> None:
+        self.counts = None
+
+    def update(self, predicted: Tensor, target: Tensor) -> None:
+        predicted, target = predicted.flatten(), target.flatten()
+        keep = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
+        codes = target[keep] * self.num_classes + predicted[keep]
+        counts = torch.bincount(codes, minlength=self.num_classes**2)
+        counts = counts.view(self.num_classes, self.num_classes)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def _matrix(self) -> Tensor:
+        if self.counts is None:
+            return torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
+        return self.counts.double().cpu()
+
+    def accuracy(self) -> float:
+        matrix = self._matrix()
+        return float(matrix.diagonal().sum() / matrix.sum().clamp(min=1))
+
+    def macro_f1(self) -> float:
+        """Mean F1 over the classes that occur in the targets or the predictions."""
+        matrix = self._matrix()
+        true_positive = matrix.diagonal()
+        support = matrix.sum(1) + matrix.sum(0)  # 2TP + FP + FN
+        present = support > 0
+        f1 = 2 * true_positive[present] / support[present]
+        return float(f1.mean()) if present.any() else 0.0
+
+    def mean_iou(self) -> float:
+        """Mean IoU over the classes that occur in the targets or the predictions."""
+        matrix = self._matrix()
+        true_positive = matrix.diagonal()
+        union = matrix.sum(1) + matrix.sum(0) - true_positive
+        present = union > 0
+        iou = true_positive[present] / union[present]
+        return float(iou.mean()) if present.any() else 0.0
+
+
+class Mean:
+    """Running mean of a per-sample quantity."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def reset(self) -> None:
+        self.total, self.count = None, 0
+
+    def update(self, values: Tensor) -> None:
+        values = values.detach().double()
+        total = values.sum()
+        self.total = total if self.total is None else self.total + total
+        self.count += values.numel()
+
+    def compute(self) -> float:
+        return float(self.total / self.count) if self.total is not None and self.count else 0.0
