@@ -142,7 +142,7 @@ def train_epoch(run: Run, progress: Progress, epoch: int, guard: NonFiniteGuard)
             features, outputs = model(images)
             losses = {name: task.loss(outputs[name], targets[task.target]) for name, task in run.tasks.items()}
         run.optimizer.zero_grad(set_to_none=True)
-        context = StepContext(shared_parameters=shared_parameters, features=features, step=progress.step)
+        context = StepContext(shared_parameters, features, step=progress.step, epoch=epoch)
         weights = run.weighting.backward(losses, context)
         if trainer.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
@@ -175,6 +175,8 @@ def log_train(
     scalars = {f"train/loss/{name}": value for name, value in zip(names, values, strict=False)}
     scalars["train/loss/total"] = values[-1]
     scalars.update({f"train/weight/{name}": values[len(names) + i] for i, name in enumerate(names)})
+    for key, value in run.weighting.extra_scalars().items():
+        scalars[f"train/weighting/{key}"] = float(value)
     scalars["train/lr"] = run.optimizer.param_groups[0]["lr"]
     scalars["train/throughput"] = throughput
     for logger in run.loggers:

@@ -27,11 +27,13 @@ class StepContext:
         shared_parameters: parameters every task's loss depends on (the backbone).
         features: the shared representation the heads read (for methods that work on it).
         step: the global training step, counted from 0.
+        epoch: the current epoch, counted from 0.
     """
 
     shared_parameters: list[nn.Parameter]
     features: Tensor
     step: int
+    epoch: int = 0
 
 
 class Weighting(nn.Module, ABC):
@@ -49,6 +51,11 @@ class Weighting(nn.Module, ABC):
     def backward(self, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
         """Set `.grad` from the per-task losses; return each task's weight (tensors, so
         that no host synchronisation is needed)."""
+
+    def extra_scalars(self) -> dict[str, Tensor | float]:
+        """Method-specific values to log at log steps as `train/weighting/<key>`
+        (e.g. solver failures); none by default."""
+        return {}
 
     def check_task_keys(self, setting: str, mapping: dict[str, object]) -> None:
         """Reject settings that name tasks the run does not have."""
