@@ -25,12 +25,26 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     except OmegaConfBaseException as error:
         key = f"trainer.{error.full_key}" if getattr(error, "full_key", None) else "trainer"
         reason = str(error).splitlines()[0]
-        raise UserError(f"{key}: {reason}; see conf/trainer/default.yaml for the keys and types") from error
+        raise UserError(
+            f"{key}: {reason}; see conf/trainer/default.yaml for the keys and types"
+        ) from error
     trainer = TrainerConfig(**OmegaConf.to_container(merged, resolve=True))
-    if min(trainer.epochs, trainer.batch_size, trainer.log_every_n_steps, trainer.eval_every_n_epochs) < 1:
-        raise UserError("trainer.epochs, batch_size, log_every_n_steps and eval_every_n_epochs must be >= 1")
+    if (
+        min(
+            trainer.epochs,
+            trainer.batch_size,
+            trainer.log_every_n_steps,
+            trainer.eval_every_n_epochs,
+        )
+        < 1
+    ):
+        raise UserError(
+            "trainer.epochs, batch_size, log_every_n_steps and eval_every_n_epochs must be >= 1"
+        )
     if trainer.progress not in ("auto", "bar", "plain", "none"):
-        raise UserError(f"trainer.progress must be auto, bar, plain or none, got '{trainer.progress}'")
+        raise UserError(
+            f"trainer.progress must be auto, bar, plain or none, got '{trainer.progress}'"
+        )
     return trainer
 
 
@@ -38,14 +52,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but no CUDA device is available; use trainer.device=cpu or auto")
+        raise UserError(
+            f"trainer.device={name} but no CUDA device is available; use trainer.device=cpu or auto"
+        )
     try:
         return torch.device(name)
     except RuntimeError as error:
-        raise UserError(f"trainer.device={name} is not a device; use auto, cpu, cuda or cuda:N") from error
+        raise UserError(
+            f"trainer.device={name} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from error
 
 
-def build(cfg: DictConfig, output_dir: Path, choices: dict[str, Any] | None = None, console: Console | None = None) -> Run:
+def build(
+    cfg: DictConfig,
+    output_dir: Path,
+    choices: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> Run:
     """Instantiate dataset, backbone, tasks, model, weighting, optimizer and scheduler.
 
     Args:
@@ -57,14 +80,18 @@ def build(cfg: DictConfig, output_dir: Path, choices: dict[str, Any] | None = No
     trainer = trainer_config(cfg)
     task_names = list(cfg.get("tasks") or {})
     if not task_names:
-        raise UserError("no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'")
+        raise UserError(
+            "no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'"
+        )
     resume_from = checkpoint.resolve(cfg.resume) if cfg.get("resume") else None
     device = resolve_device(trainer.device)
     if trainer.threads > 0:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(trainer.seed)
 
-    data = instantiate(cfg.dataset)(batch_size=trainer.batch_size, shuffle_seed=trainer.seed, device=device)
+    data = instantiate(cfg.dataset)(
+        batch_size=trainer.batch_size, shuffle_seed=trainer.seed, device=device
+    )
     backbone = instantiate(cfg.backbone)
     tasks: dict[str, Task] = {
         name: instantiate(cfg.tasks[name])(
@@ -83,12 +110,19 @@ def build(cfg: DictConfig, output_dir: Path, choices: dict[str, Any] | None = No
 
     directions: dict[str, Direction] = {}
     for name, task in tasks.items():
-        directions.update({f"val/{name}/{metric}": way for metric, way in task.metric_directions.items()})
+        directions.update(
+            {f"val/{name}/{metric}": way for metric, way in task.metric_directions.items()}
+        )
         directions[f"val/{name}/loss"] = Direction.MIN
     first = tasks[task_names[0]]
-    monitor = f"val/{first.name}/{first.main_metric}" if trainer.monitor == "auto" else trainer.monitor
+    monitor = (
+        f"val/{first.name}/{first.main_metric}" if trainer.monitor == "auto" else trainer.monitor
+    )
     if monitor not in directions:
-        raise UserError(f"trainer.monitor={monitor} is not a metric of this run; choose one of: {', '.join(directions)}")
+        raise UserError(
+            f"trainer.monitor={monitor} is not a metric of this run; "
+            f"choose one of: {', '.join(directions)}"
+        )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     return Run(
@@ -97,6 +131,8 @@ def build(cfg: DictConfig, output_dir: Path, choices: dict[str, Any] | None = No
         data=data,
         tasks=tasks,
         model=model,
+        # Compiled lazily at the first call; checkpoints keep using the plain module's keys.
+        forward=torch.compile(model) if trainer.compile else model,
         weighting=weighting,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -113,7 +149,11 @@ def build(cfg: DictConfig, output_dir: Path, choices: dict[str, Any] | None = No
 
 def hparams(cfg: DictConfig, task_names: list[str], choices: dict[str, Any]) -> dict[str, Any]:
     """The run's defining settings, flat, for TensorBoard's HPARAMS tab."""
-    picked = {group: str(option) for group, option in choices.items() if not group.startswith("hydra") and group != "tasks"}
+    picked = {
+        group: str(option)
+        for group, option in choices.items()
+        if not group.startswith("hydra") and group != "tasks"
+    }
     return {
         **picked,
         "tasks": ",".join(task_names),

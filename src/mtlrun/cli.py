@@ -17,7 +17,16 @@ from mtlrun.errors import UserError
 # Run folders carry the process id, so runs started in the same microsecond stay apart.
 OmegaConf.register_new_resolver("mtlrun_pid", os.getpid, replace=True)
 
-GROUPS = ("backbone", "tasks", "weighting", "dataset", "optimizer", "scheduler", "trainer", "experiment")
+GROUPS = (
+    "backbone",
+    "tasks",
+    "weighting",
+    "dataset",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "experiment",
+)
 
 
 def config_dir() -> Path:
@@ -44,7 +53,9 @@ def train(cfg: DictConfig) -> float | None:
         console = Console(str(cfg.trainer.get("progress", "auto")))
         console.print_config(cfg)
         hydra_config = HydraConfig.get()
-        run = build(cfg, Path(hydra_config.runtime.output_dir), dict(hydra_config.runtime.choices), console)
+        run = build(
+            cfg, Path(hydra_config.runtime.output_dir), dict(hydra_config.runtime.choices), console
+        )
         metrics = fit(run)
         return metrics.get(run.monitor)
     except UserError as error:

@@ -51,13 +51,17 @@ class Console:
                 console=self.rich,
             )
             self.progress.start()
-        self.bar_task = self.progress.add_task("", total=steps, epoch=f"{epoch + 1}/{epochs}", status="")
+        self.bar_task = self.progress.add_task(
+            "", total=steps, epoch=f"{epoch + 1}/{epochs}", status=""
+        )
 
     def advance(self) -> None:
         if self.progress is not None:
             self.progress.advance(self.bar_task)
 
-    def log_train(self, epoch: int, epochs: int, step: int, scalars: dict[str, float], throughput: float) -> None:
+    def log_train(
+        self, epoch: int, epochs: int, step: int, scalars: dict[str, float], throughput: float
+    ) -> None:
         losses = " ".join(
             f"{tag.removeprefix('train/loss/')}={value:.4g}"
             for tag, value in scalars.items()
@@ -70,7 +74,9 @@ class Console:
             self.rich.print(f"epoch {epoch + 1}/{epochs}  step {step}  {status}", soft_wrap=True)
 
     def log_eval(self, epoch: int, metrics: dict[str, float]) -> None:
-        text = "  ".join(f"{tag.removeprefix('val/')}={value:.4g}" for tag, value in metrics.items())
+        text = "  ".join(
+            f"{tag.removeprefix('val/')}={value:.4g}" for tag, value in metrics.items()
+        )
         self.rich.print(f"[dim]val after epoch {epoch + 1}:[/dim] {text}", soft_wrap=True)
 
     def note(self, message: str) -> None:

@@ -7,6 +7,7 @@ behaviour, and the loop only calls them.
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from mtlrun.weighting import StepContext, Weighting
 class TrainerConfig:
     """The `trainer` config group (see conf/trainer/default.yaml for the meaning of each)."""
 
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 64
     device: str = "auto"
     amp: bool = False
     channels_last: bool = True
+    compile: bool = False
     seed: int = 0
     grad_clip: float = 0.0
     threads: int = 0
@@ -52,6 +54,7 @@ class Run:
     data: DataSource
     tasks: dict[str, Task]
     model: MultiTaskModel
+    forward: Callable[[Tensor], tuple[Tensor, dict[str, Any]]]  # the model, maybe compiled
     weighting: Weighting
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -139,8 +142,11 @@ def train_epoch(run: Run, progress: Progress, epoch: int, guard: NonFiniteGuard)
     for batch in run.data.train_batches(epoch):
         images, targets = prepare_images(batch["image"], trainer), batch["targets"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
-            features, outputs = model(images)
-            losses = {name: task.loss(outputs[name], targets[task.target]) for name, task in run.tasks.items()}
+            features, outputs = run.forward(images)
+            losses = {
+                name: task.loss(outputs[name], targets[task.target])
+                for name, task in run.tasks.items()
+            }
         run.optimizer.zero_grad(set_to_none=True)
         context = StepContext(shared_parameters, features, step=progress.step, epoch=epoch)
         weights = run.weighting.backward(losses, context)
@@ -155,7 +161,9 @@ def train_epoch(run: Run, progress: Progress, epoch: int, guard: NonFiniteGuard)
         if progress.step % trainer.log_every_n_steps == 0:
             guard.check(kept)
             elapsed = time.perf_counter() - window_start
-            log_train(run, progress, epoch, loss_vector, weights, window_images / max(elapsed, 1e-9))
+            log_train(
+                run, progress, epoch, loss_vector, weights, window_images / max(elapsed, 1e-9)
+            )
             window_start, window_images = time.perf_counter(), 0
     guard.check(kept)
 
@@ -166,11 +174,18 @@ def prepare_images(images: Tensor, trainer: TrainerConfig) -> Tensor:
 
 
 def log_train(
-    run: Run, progress: Progress, epoch: int, losses: Tensor, weights: dict[str, Tensor], throughput: float
+    run: Run,
+    progress: Progress,
+    epoch: int,
+    losses: Tensor,
+    weights: dict[str, Tensor],
+    throughput: float,
 ) -> None:
     """Scalars of the current step; the one place the hot loop reads values to the host."""
     names = list(run.tasks)
-    weight_vector = torch.stack([torch.as_tensor(weights[name], device=losses.device) for name in names])
+    weight_vector = torch.stack(
+        [torch.as_tensor(weights[name], device=losses.device) for name in names]
+    )
     values = torch.cat([losses, weight_vector, (losses * weight_vector).sum()[None]]).tolist()
     scalars = {f"train/loss/{name}": value for name, value in zip(names, values, strict=False)}
     scalars["train/loss/total"] = values[-1]
@@ -196,7 +211,7 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     for index, batch in enumerate(run.data.val_batches()):
         images, targets = prepare_images(batch["image"], run.trainer), batch["targets"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.trainer.amp):
-            _, outputs = model(images)
+            _, outputs = run.forward(images)
         for position, (name, task) in enumerate(run.tasks.items()):
             target = targets[task.target]
             task.update_metrics(outputs[name], target)
@@ -206,7 +221,9 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
             log_pictures(run, images, outputs, targets, step)
     metrics: dict[str, float] = {}
     for (name, task), loss_sum in zip(run.tasks.items(), (loss_sums / count).tolist(), strict=True):
-        metrics.update({f"val/{name}/{key}": value for key, value in task.compute_metrics().items()})
+        metrics.update(
+            {f"val/{name}/{key}": value for key, value in task.compute_metrics().items()}
+        )
         metrics[f"val/{name}/loss"] = loss_sum
     for logger in run.loggers:
         logger.log_scalars(metrics, step)
@@ -214,7 +231,9 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def log_pictures(run: Run, images: Tensor, outputs: dict[str, Any], targets: dict[str, Any], step: int) -> None:
+def log_pictures(
+    run: Run, images: Tensor, outputs: dict[str, Any], targets: dict[str, Any], step: int
+) -> None:
     count = run.trainer.num_images
     if count <= 0:
         return
@@ -241,7 +260,11 @@ def save_checkpoints(run: Run, progress: Progress) -> None:
     value = progress.metrics.get(run.monitor)
     improved = value is not None and (
         progress.best is None
-        or (value > progress.best if run.directions[run.monitor] == Direction.MAX else value < progress.best)
+        or (
+            value > progress.best
+            if run.directions[run.monitor] == Direction.MAX
+            else value < progress.best
+        )
     )
     if improved:
         progress.best = value
@@ -279,7 +302,12 @@ def restore(run: Run, path: Path) -> Progress:
         ) from error
     checkpoint.restore_rng(content["rng"])
     run.console.note(f"resumed from {path} at epoch {content['epoch']}, step {content['step']}")
-    return Progress(epoch=content["epoch"], step=content["step"], best=content["best"], metrics=dict(content["metrics"]))
+    return Progress(
+        epoch=content["epoch"],
+        step=content["step"],
+        best=content["best"],
+        metrics=dict(content["metrics"]),
+    )
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

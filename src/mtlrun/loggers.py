@@ -13,7 +13,9 @@ class Logger(Protocol):
 
     def log_images(self, images: dict[str, Tensor], step: int) -> None: ...
 
-    def log_hparams(self, hparams: dict[str, str | float | int | bool], metrics: dict[str, float]) -> None: ...
+    def log_hparams(
+        self, hparams: dict[str, str | float | int | bool], metrics: dict[str, float]
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -32,7 +34,9 @@ class TensorBoardLogger:
         for tag, image in images.items():
             self.writer.add_image(tag, image, step)
 
-    def log_hparams(self, hparams: dict[str, str | float | int | bool], metrics: dict[str, float]) -> None:
+    def log_hparams(
+        self, hparams: dict[str, str | float | int | bool], metrics: dict[str, float]
+    ) -> None:
         # Written into this run's own event file (SummaryWriter.add_hparams would open a
         # sub-folder), so a sweep's runs line up in the HPARAMS tab. The metric values are
         # the final val scalars already logged under the same tags.

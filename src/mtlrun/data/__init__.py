@@ -14,6 +14,6 @@ Targets by kind:
                     `labels >= 0`).
 """
 
-from mtlrun.data.base import Batch, DataSource, DatasetInfo, move_batch
+from mtlrun.data.base import Batch, DatasetInfo, DataSource, move_batch
 
 __all__ = ["Batch", "DataSource", "DatasetInfo", "move_batch"]

@@ -88,13 +88,13 @@ class ShapesData:
     def __init__(
         self,
         image_size: int = 32,
-        train_size: int = 20000,
+        train_size: int = 12000,
         val_size: int = 2000,
         max_objects: int = 3,
         shapes: list[str] | tuple[str, ...] = SHAPE_NAMES[:5],
         min_size: float = 0.16,
         max_size: float = 0.32,
-        noise: float = 0.08,
+        noise: float = 0.04,
         seed: int = 0,
         *,
         batch_size: int = 64,
@@ -199,7 +199,7 @@ class ShapesData:
         seg = torch.where(covered, kind.gather(1, owner.flatten(1)).view_as(owner) + 1, 0)
 
         image = self._paint(background, objects, owner, covered, batch)
-        visible = (owner[:, None] == torch.arange(slots, device=self.device)[None, :, None, None])
+        visible = owner[:, None] == torch.arange(slots, device=self.device)[None, :, None, None]
         visible = visible & covered[:, None]
         area = visible.sum(dim=(2, 3))
         label = kind.gather(1, area.argmax(dim=1, keepdim=True)).squeeze(1)
@@ -239,9 +239,10 @@ class ShapesData:
         slope_x = (background[:, 3] - 0.5) * 0.6
         slope_y = (background[:, 4] - 0.5) * 0.6
         ramp = torch.linspace(-0.5, 0.5, size, device=self.device)
-        shade = slope_x[:, None, None] * ramp[None, None, :] + slope_y[:, None, None] * ramp[
-            None, :, None
-        ]
+        shade = (
+            slope_x[:, None, None] * ramp[None, None, :]
+            + slope_y[:, None, None] * ramp[None, :, None]
+        )
         pick = (background[:, 5] * _NOISE_BANK).long().clamp(max=_NOISE_BANK - 1)
         texture = self._noise_bank[pick]
         canvas = base[:, :, None, None] + shade[:, None] + texture

@@ -27,10 +27,14 @@ class ConvNet(nn.Module):
         blocks_per_stage: conv blocks per stage.
     """
 
-    def __init__(self, channels: list[int] | tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 2):
+    def __init__(
+        self, channels: list[int] | tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 2
+    ):
         super().__init__()
         if not channels or blocks_per_stage < 1:
-            raise UserError("backbone.channels must list at least one stage and blocks_per_stage >= 1")
+            raise UserError(
+                "backbone.channels must list at least one stage and blocks_per_stage >= 1"
+            )
         layers: list[nn.Module] = []
         in_channels = 3
         for stage, out_channels in enumerate(channels):
@@ -60,7 +64,9 @@ class ResNet18(nn.Module):
         super().__init__()
         network = torchvision.models.resnet18(weights=None)
         if pretrained:
-            network.load_state_dict(_cached_weights(torchvision.models.ResNet18_Weights.IMAGENET1K_V1))
+            network.load_state_dict(
+                _cached_weights(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+            )
         if small_input:
             network.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
             network.maxpool = nn.Identity()

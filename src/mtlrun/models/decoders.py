@@ -24,7 +24,10 @@ class UpsampleDecoder(nn.Module):
         channels = hidden
         for _ in range(rounds):
             thinner = max(channels // 2, 16)
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear"), conv_bn_relu(channels, thinner)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="bilinear"),
+                conv_bn_relu(channels, thinner),
+            ]
             channels = thinner
         layers.append(nn.Conv2d(channels, out_channels, 1))
         self.layers = nn.Sequential(*layers)

@@ -85,7 +85,9 @@ class GenerationTask(Task):
         if variant not in ("ae", "vae"):
             raise UserError(f"tasks.{name}.variant must be 'ae' or 'vae', got '{variant}'")
         self.variational = variant == "vae"
-        self.head = GenerationHead(in_channels, hidden, stride, self.variational, latent_channels, info.image_size)
+        self.head = GenerationHead(
+            in_channels, hidden, stride, self.variational, latent_channels, info.image_size
+        )
         self.beta = beta
         self.values_per_image = 3 * info.image_size[0] * info.image_size[1]
         self.metric_directions = {"psnr": Direction.MAX}
@@ -116,7 +118,9 @@ class GenerationTask(Task):
             metrics["kl"] = self.kl.compute()
         return metrics
 
-    def pictures(self, images: Tensor, output: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+    def pictures(
+        self, images: Tensor, output: dict[str, Tensor], target: Tensor
+    ) -> dict[str, Tensor]:
         pictures = {"input_vs_reconstruction": side_by_side(target, output["image"])}
         if self.variational:
             generator = torch.Generator().manual_seed(0)  # the same noise at every evaluation

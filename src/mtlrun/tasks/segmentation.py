@@ -50,4 +50,8 @@ class SegmentationTask(Task):
     def pictures(self, images: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Input | ground truth | prediction, per row."""
         predicted = output.argmax(dim=1)
-        return {"truth_vs_prediction": side_by_side(images, overlay(images, target), overlay(images, predicted))}
+        return {
+            "truth_vs_prediction": side_by_side(
+                images, overlay(images, target), overlay(images, predicted)
+            )
+        }
