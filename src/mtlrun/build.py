@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -48,6 +49,26 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     return trainer
 
 
+def make(path: str, node: DictConfig, **runtime: Any) -> Any:
+    """Instantiate a config node, calling a partial with the runtime arguments.
+
+    A value the class rejects (wrong type, out of range) becomes one line naming the node.
+    """
+    try:
+        made = instantiate(node)
+        return made(**runtime) if runtime else made
+    except UserError:
+        raise
+    except (InstantiationException, TypeError, ValueError) as error:
+        cause = (
+            error.__cause__
+            if isinstance(error, InstantiationException) and error.__cause__
+            else error
+        )
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UserError(f"{path}: {reason} (check the values under '{path}')") from error
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,24 +110,35 @@ def build(
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(trainer.seed)
 
-    data = instantiate(cfg.dataset)(
-        batch_size=trainer.batch_size, shuffle_seed=trainer.seed, device=device
+    data = make(
+        "dataset",
+        cfg.dataset,
+        batch_size=trainer.batch_size,
+        shuffle_seed=trainer.seed,
+        device=device,
     )
-    backbone = instantiate(cfg.backbone)
+    backbone = make("backbone", cfg.backbone)
     tasks: dict[str, Task] = {
-        name: instantiate(cfg.tasks[name])(
-            name=name, info=data.info, in_channels=backbone.out_channels, stride=backbone.stride
+        name: make(
+            f"tasks.{name}",
+            cfg.tasks[name],
+            name=name,
+            info=data.info,
+            in_channels=backbone.out_channels,
+            stride=backbone.stride,
         )
         for name in task_names
     }
     model = MultiTaskModel(backbone, {name: task.head for name, task in tasks.items()}).to(device)
     if trainer.channels_last:
         model.to(memory_format=torch.channels_last)
-    weighting = instantiate(cfg.weighting)
+    weighting = make("weighting", cfg.weighting)
     weighting.setup(task_names)
     weighting.to(device)
-    optimizer = instantiate(cfg.optimizer)(params=[*model.parameters(), *weighting.parameters()])
-    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
+    optimizer = make(
+        "optimizer", cfg.optimizer, params=[*model.parameters(), *weighting.parameters()]
+    )
+    scheduler = make("scheduler", cfg.scheduler, optimizer=optimizer)
 
     directions: dict[str, Direction] = {}
     for name, task in tasks.items():
