@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.utils import make_grid
 
 from mtlrun import checkpoint
 from mtlrun.console import Console
@@ -102,33 +103,41 @@ class NonFiniteGuard:
 
 def fit(run: Run) -> dict[str, float]:
     """Train `run` to the end; return the final metrics (also written to metrics.json)."""
-    trainer, model = run.trainer, run.model
+    trainer = run.trainer
     progress = restore(run, run.resume_from) if run.resume_from else Progress()
     started = time.perf_counter()
-    evaluated = False
     guard = NonFiniteGuard(list(run.tasks), run.device)
+    evaluated = False
     try:
         for epoch in range(progress.epoch, trainer.epochs):
             train_epoch(run, progress, epoch, guard)
             run.scheduler.step()
             progress.epoch = epoch + 1
-            last_epoch = progress.epoch == trainer.epochs
-            if last_epoch or progress.epoch % trainer.eval_every_n_epochs == 0:
+            if (
+                progress.epoch == trainer.epochs
+                or progress.epoch % trainer.eval_every_n_epochs == 0
+            ):
                 progress.metrics = evaluate(run, progress.step)
                 evaluated = True
                 run.console.log_eval(epoch, progress.metrics)
             save_checkpoints(run, progress)
         if not evaluated:  # resumed from a finished run: report its metrics afresh
             progress.metrics = evaluate(run, progress.step)
+        wall_s = round(time.perf_counter() - started, 3)
+        final = {
+            **progress.metrics,
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "wall_s": wall_s,
+        }
+        write_json(run.output_dir / "metrics.json", final)
+        for logger in run.loggers:
+            logger.log_hparams(run.hparams, progress.metrics)
     finally:
         run.console.close()
-    final = {**progress.metrics, "epoch": progress.epoch, "step": progress.step,
-             "wall_s": round(time.perf_counter() - started, 3)}  # fmt: skip
-    write_json(run.output_dir / "metrics.json", final)
-    for logger in run.loggers:
-        logger.log_hparams(run.hparams, progress.metrics)
+        for logger in run.loggers:
+            logger.close()
     run.console.summary(final, run.directions, run.output_dir)
-    model.train()
     return final
 
 
@@ -237,8 +246,6 @@ def log_pictures(
     count = run.trainer.num_images
     if count <= 0:
         return
-    from torchvision.utils import make_grid
-
     pictures = {"images/input": make_grid(images[:count].float().cpu(), nrow=count, padding=1)}
     for name, task in run.tasks.items():
         output = _first(outputs[name], count)
