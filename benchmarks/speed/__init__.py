@@ -1,0 +1,1 @@
+"""The sections of `benchmarks/run.py`: one module per section, helpers in `common`."""

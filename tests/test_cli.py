@@ -1,0 +1,316 @@
+"""The `mtlrun` command as users run it: subprocesses of the installed console script and of
+`python -m mtlrun`, and (for the many bad-input cases) `mtlrun.cli.main()` in this process.
+
+Every run gets its own temporary working folder, since `outputs/` is relative to it.
+Processes that do not depend on each other are started together.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mtlrun.cli import GROUPS, config_dir, main
+
+TIMEOUT_S = 300
+
+
+@dataclass
+class Finished:
+    """What a finished process left: exit code, output and its working folder."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    cwd: Path
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def run_folders(self) -> list[Path]:
+        return sorted(path for path in (self.cwd / "outputs" / "runs").glob("*") if path.is_dir())
+
+
+class Started:
+    """A process started in `cwd` and not yet waited for."""
+
+    def __init__(self, command: Sequence[str | Path], cwd: Path) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        environment["NO_COLOR"] = "1"
+        self.cwd = cwd
+        self.process = subprocess.Popen(
+            [str(part) for part in command],
+            cwd=cwd,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def finish(self) -> Finished:
+        stdout, stderr = self.process.communicate(timeout=TIMEOUT_S)
+        return Finished(self.process.returncode, stdout, stderr, self.cwd)
+
+
+def run(command: Sequence[str | Path], cwd: Path) -> Finished:
+    return Started(command, cwd).finish()
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
+def read_metrics(folder: Path) -> dict[str, float]:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def assert_succeeded(result: Finished) -> None:
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def mtlrun_command() -> list[str]:
+    """The `mtlrun` console script installed next to the running interpreter."""
+    executable = Path(sys.executable).parent / "mtlrun"
+    assert executable.is_file(), f"no console script at {executable}; pip install -e ."
+    return [str(executable)]
+
+
+@pytest.fixture(scope="module")
+def smoke_arguments(tiny_overrides: tuple[str, ...]) -> list[str]:
+    """`experiment=smoke`, shrunk further, one torch thread (runs go two at a time)."""
+    return ["experiment=smoke", *tiny_overrides, "trainer.threads=1"]
+
+
+@dataclass
+class ConcurrentRuns:
+    console_script: Finished
+    module: Finished
+
+
+@pytest.fixture(scope="module")
+def concurrent_runs(
+    mtlrun_command: list[str],
+    smoke_arguments: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ConcurrentRuns:
+    """`mtlrun` and `python -m mtlrun` started at the same time in the same folder."""
+    cwd = tmp_path_factory.mktemp("together")
+    console = Started([*mtlrun_command, *smoke_arguments, "trainer.progress=plain"], cwd)
+    module = Started([sys.executable, "-m", "mtlrun", *smoke_arguments], cwd)
+    return ConcurrentRuns(console.finish(), module.finish())
+
+
+def test_console_script_and_module_both_train(concurrent_runs: ConcurrentRuns) -> None:
+    for result in (concurrent_runs.console_script, concurrent_runs.module):
+        assert_succeeded(result)
+
+
+def test_runs_started_together_get_their_own_folders(concurrent_runs: ConcurrentRuns) -> None:
+    folders = concurrent_runs.console_script.run_folders()
+    assert len(folders) == 2 and folders[0] != folders[1]
+    for folder in folders:
+        assert (folder / "metrics.json").is_file()
+        assert (folder / "checkpoints" / "last.pt").is_file()
+        assert list(folder.glob("events.out.tfevents.*"))
+    first, second = (read_metrics(folder) for folder in folders)
+    assert first.keys() == second.keys()
+    assert {key for key in first if key.startswith("val/")} >= {"val/cls/acc", "val/seg/miou"}
+    for key in first:  # same seed, same config, one thread each: the same numbers
+        assert key == "wall_s" or first[key] == second[key], key
+
+
+def test_plain_progress_reports_steps_metrics_and_folder(concurrent_runs: ConcurrentRuns) -> None:
+    result = concurrent_runs.console_script
+    folders = {str(folder.resolve()) for folder in result.run_folders()}
+    assert "step 1" in result.stdout
+    assert "validation metrics" in result.stdout
+    printed = [line.removeprefix("outputs: ").strip() for line in result.stdout.splitlines()]
+    assert folders & {str(Path(line).resolve()) for line in printed if line.startswith("/")}
+
+
+def test_multirun_writes_one_numbered_folder_per_job(
+    mtlrun_command: list[str], smoke_arguments: list[str], tmp_path: Path
+) -> None:
+    result = run([*mtlrun_command, "-m", "tasks=[cls],[seg]", *smoke_arguments], tmp_path)
+    assert_succeeded(result)
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    assert sorted(path.name for path in sweep.iterdir() if path.is_dir()) == ["0", "1"]
+    for job, task in (("0", "cls"), ("1", "seg")):
+        tasks = {key.split("/")[1] for key in read_metrics(sweep / job) if key.startswith("val/")}
+        assert tasks == {task}
+    assert not (tmp_path / "outputs" / "runs").exists()
+
+
+def test_help_lists_every_group_and_its_options(mtlrun_command: list[str], tmp_path: Path) -> None:
+    result = run([*mtlrun_command, "--help"], tmp_path)
+    assert_succeeded(result)
+    for group in GROUPS:
+        assert f"{group}: {', '.join(group_options(group))}" in result.stdout, group
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cfg_job_prints_the_config_without_training(
+    mtlrun_command: list[str], tmp_path: Path
+) -> None:
+    result = run([*mtlrun_command, "--cfg", "job", "tasks=[seg]", "trainer.epochs=3"], tmp_path)
+    assert_succeeded(result)
+    printed = OmegaConf.create(result.stdout)
+    assert list(printed.tasks) == ["seg"]
+    assert printed.trainer.epochs == 3
+    assert printed.backbone._target_
+    assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.pt"))
+
+
+# --- bad input: one line on stderr, a non-zero exit, no traceback ---------------------------
+
+
+@dataclass
+class BadInput:
+    arguments: list[str]  # "{files}" stands for a folder holding the files below
+    named: list[str]  # what the one error line must mention
+
+
+BAD_INPUTS: dict[str, BadInput] = {
+    "unknown-task": BadInput(["tasks=[cls,foo]"], ["foo", *group_options("tasks")]),
+    "unknown-backbone": BadInput(["backbone=foo"], ["foo", *group_options("backbone")]),
+    "unknown-weighting": BadInput(["weighting=foo"], ["foo", *group_options("weighting")]),
+    "unknown-dataset": BadInput(["dataset=foo"], ["foo", *group_options("dataset")]),
+    "unknown-task-in-sweep": BadInput(["-m", "tasks=[cls],[foo]"], ["foo"]),
+    "no-tasks": BadInput(["tasks=[]"], ["tasks"]),
+    "lambda-of-unselected-task": BadInput(
+        ["tasks=[cls]", "weighting=static", "weighting.weights={foo:1.0}"], ["foo"]
+    ),
+    "negative-lambda": BadInput(
+        ["tasks=[cls]", "weighting=static", "weighting.weights={cls:-1.0}"], ["-1.0"]
+    ),
+    "missing-resume-path": BadInput(["resume={files}/nowhere"], ["nowhere"]),
+    "resume-text-file": BadInput(["resume={files}/notes.pt"], ["notes.pt"]),
+    "resume-foreign-file": BadInput(["resume={files}/foreign.pt"], ["foreign.pt"]),
+    "unknown-trainer-key": BadInput(["+trainer.foo=1"], ["trainer.foo"]),
+    "wrong-trainer-type": BadInput(["trainer.epochs=abc"], ["trainer.epochs", "abc"]),
+    "unknown-task-setting": BadInput(["+tasks.cls.foo=1"], ["tasks.cls", "foo"]),
+}
+
+
+# One case per stage that can fail (before Hydra, while building, while training), as real
+# processes; all cases run in-process through the same `main()`, which is much cheaper.
+SUBPROCESS_CASES = ["unknown-backbone", "wrong-trainer-type", "resume-text-file"]
+
+
+def write_non_checkpoints(folder: Path) -> None:
+    """A text file and a torch file without the checkpoint format tag."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.pt").write_text("these are notes, not a checkpoint\n")
+    torch.save({"weights": torch.zeros(3)}, folder / "foreign.pt")
+
+
+def arguments_of(case: str, files: Path) -> list[str]:
+    return [argument.replace("{files}", str(files)) for argument in BAD_INPUTS[case].arguments]
+
+
+def assert_one_line_error(result: Finished, named: Sequence[str]) -> None:
+    assert result.returncode != 0, result.output[-3000:]
+    assert "Traceback" not in result.output, result.output[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in named:
+        assert word in lines[0], f"{word!r} not in: {lines[0]}"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("files")
+    write_non_checkpoints(folder)
+    return folder
+
+
+@pytest.fixture
+def call_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> Iterator[Callable[[list[str]], Finished]]:
+    """`call_main(arguments)`: `mtlrun.cli.main()` in this process, in a fresh folder; the
+    exit code comes from the `SystemExit` it must raise."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    root_logger = logging.getLogger()
+    handlers, level = root_logger.handlers[:], root_logger.level
+    threads = torch.get_num_threads()  # `trainer.threads` sets it for the whole process
+
+    def call(arguments: list[str]) -> Finished:
+        monkeypatch.setattr(sys, "argv", ["mtlrun", *arguments])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        captured = capsys.readouterr()
+        code = exited.value.code
+        return Finished(code if isinstance(code, int) else 1, captured.out, captured.err, tmp_path)
+
+    yield call
+    root_logger.handlers[:], root_logger.level = handlers, level  # Hydra configured logging
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(
+    case: str, call_main: Callable[[list[str]], Finished], smoke_arguments: list[str], files: Path
+) -> None:
+    result = call_main([*smoke_arguments, *arguments_of(case, files)])
+    assert_one_line_error(result, BAD_INPUTS[case].named)
+    assert not list(result.cwd.rglob("metrics.json"))
+
+
+@pytest.fixture(scope="module")
+def bad_input_processes(
+    mtlrun_command: list[str],
+    smoke_arguments: list[str],
+    files: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Finished]:
+    """The `SUBPROCESS_CASES`, run as concurrent processes, each in its own folder."""
+    root = tmp_path_factory.mktemp("bad")
+    started = {
+        case: Started([*mtlrun_command, *smoke_arguments, *arguments_of(case, files)], root / case)
+        for case in SUBPROCESS_CASES
+    }
+    return {case: process.finish() for case, process in started.items()}
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_input_process_exits_with_one_clear_line(
+    case: str, bad_input_processes: dict[str, Finished]
+) -> None:
+    result = bad_input_processes[case]
+    assert_one_line_error(result, BAD_INPUTS[case].named)
+    assert not list(result.cwd.rglob("metrics.json"))
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
+    concurrent_runs: ConcurrentRuns, mtlrun_command: list[str], smoke_arguments: list[str]
+) -> None:
+    """Resume a finished 1-epoch run for a 2nd epoch on NaN images (`dataset.noise=nan`):
+    the first new step's loss is NaN."""
+    finished = concurrent_runs.console_script
+    folders_before = set(finished.run_folders())
+    previous = min(folders_before)
+    last = previous / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    first_task = next(iter(OmegaConf.load(previous / ".hydra" / "config.yaml").tasks))
+    step = int(read_metrics(previous)["step"])
+    arguments = [*smoke_arguments, "trainer.epochs=2", "dataset.noise=nan", f"resume={previous}"]
+    result = run([*mtlrun_command, *arguments], finished.cwd)
+    assert_one_line_error(result, [f"'{first_task}'", f"step {step}", "NaN"])
+    (new_folder,) = set(finished.run_folders()) - folders_before
+    assert not (new_folder / "checkpoints" / "last.pt").exists()
+    assert not (new_folder / "metrics.json").exists()
+    assert last.read_bytes() == before
