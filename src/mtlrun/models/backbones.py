@@ -1,5 +1,10 @@
 """Shared backbones. Each returns one feature map and states its `out_channels` and `stride`
-(input side / feature side), which the task heads receive when they are built."""
+(input side / feature side), which the task heads receive when they are built.
+
+Every backbone is a `Backbone`: a list of `stages` applied in order, then a `neck` that turns
+the stages' outputs into the one feature map the heads read. Sharing schemes that exchange
+features between task networks after each stage (cross-stitch) rely on this split.
+"""
 
 from pathlib import Path
 
@@ -18,7 +23,31 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
     )
 
 
-class ConvNet(nn.Module):
+class Backbone(nn.Module):
+    """Stages applied in order, then a neck over all stage outputs.
+
+    Subclasses set `stages`, `out_channels` and `stride`, and override `neck` when the
+    heads should read more than the last stage (e.g. a multi-scale decoder).
+    """
+
+    stages: nn.ModuleList
+    out_channels: int
+    stride: int
+
+    def neck(self, stage_outputs: list[Tensor]) -> Tensor:
+        """The feature map the heads read; by default the last stage's output."""
+        return stage_outputs[-1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        outputs: list[Tensor] = []
+        features = images
+        for stage in self.stages:
+            features = stage(features)
+            outputs.append(features)
+        return self.neck(outputs)
+
+
+class ConvNet(Backbone):
     """A small VGG-style conv net: stages of 3x3 conv-BN-ReLU blocks.
 
     Args:
@@ -35,22 +64,21 @@ class ConvNet(nn.Module):
             raise UserError(
                 "backbone.channels must list at least one stage and blocks_per_stage >= 1"
             )
-        layers: list[nn.Module] = []
+        stages: list[nn.Module] = []
         in_channels = 3
         for stage, out_channels in enumerate(channels):
+            blocks = []
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                layers.append(conv_bn_relu(in_channels, out_channels, stride))
+                blocks.append(conv_bn_relu(in_channels, out_channels, stride))
                 in_channels = out_channels
-        self.features = nn.Sequential(*layers)
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
         self.out_channels = in_channels
         self.stride = 2 ** (len(channels) - 1)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.features(images)
 
-
-class ResNet18(nn.Module):
+class ResNet18(Backbone):
     """torchvision's ResNet-18 up to its last stage (512 channels).
 
     Args:
@@ -70,15 +98,12 @@ class ResNet18(nn.Module):
         if small_input:
             network.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
             network.maxpool = nn.Identity()
-        self.features = nn.Sequential(
-            network.conv1, network.bn1, network.relu, network.maxpool,
-            network.layer1, network.layer2, network.layer3, network.layer4,
-        )  # fmt: skip
+        stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
+        self.stages = nn.ModuleList(
+            [stem, network.layer1, network.layer2, network.layer3, network.layer4]
+        )
         self.out_channels = 512
         self.stride = 8 if small_input else 32
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.features(images)
 
 
 def _cached_weights(weights: torchvision.models.WeightsEnum) -> dict[str, Tensor]:
