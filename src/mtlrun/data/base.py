@@ -35,8 +35,9 @@ class DataSource(Protocol):
 
     def num_train_batches(self) -> int: ...
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """Shuffled training batches; the order depends only on (seed, epoch)."""
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Shuffled training batches from batch `start` on; the order depends only on
+        (seed, epoch), so a run resumed mid-epoch sees exactly the batches it had left."""
         ...
 
     def val_batches(self) -> Iterator[Batch]: ...
