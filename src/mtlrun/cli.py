@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from mtlrun.errors import UserError
 
 # Run folders carry the process id, so runs started in the same microsecond stay apart.
-OmegaConf.register_new_resolver("mtlrun_pid", os.getpid, replace=True)
+# Cached like Hydra's `now`: a sweep's jobs (in other processes under the joblib or submitit
+# launchers, or after a requeue) get the cache with the config and so the same sweep folder.
+OmegaConf.register_new_resolver("mtlrun_pid", os.getpid, replace=True, use_cache=True)
 
 GROUPS = (
     "backbone",
