@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from mtlrun.data import Batch, DataSource
 from mtlrun.engine import NonFiniteGuard, Progress, Run, save_checkpoints, train_epoch
 from mtlrun.models.multitask import MultiTaskModel
+from mtlrun.preemption import PreemptionWatch
 from mtlrun.tasks import Task
 from speed.common import Rounds, now
 
@@ -70,8 +71,8 @@ class TimedData:
         over_budget = self.budget_s is not None and sum(measured) >= self.budget_s
         return over_budget and len(measured) >= self.least
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        batches = iter(self.data.train_batches(epoch))
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        batches = iter(self.data.train_batches(epoch, start=start))
         requested, count = now(self.device), 0
         while not self._enough(count):
             try:
@@ -93,17 +94,18 @@ class EngineLoop:
         self.run = run
         self.progress = Progress()
         self.guard = NonFiniteGuard(list(run.tasks), run.device)
+        self.watch = PreemptionWatch()  # never entered: no signal handlers in a benchmark
 
     def epoch(self, checkpoint: bool = False) -> EpochTime:
         """`train_epoch` (and `save_checkpoints` if `checkpoint`), timed."""
         run, progress, device = self.run, self.progress, self.run.device
         steps_before = progress.step
         start = now(device)
-        train_epoch(run, progress, progress.epoch, self.guard)
+        train_epoch(run, progress, progress.epoch, self.guard, self.watch)
         trained = now(device)
-        progress.epoch += 1
+        progress.epoch, progress.batch = progress.epoch + 1, 0
         if checkpoint:
-            save_checkpoints(run, progress)
+            save_checkpoints(run, progress, self.guard, at_epoch_end=True)
         finished = now(device)
         images = (progress.step - steps_before) * run.trainer.batch_size
         return EpochTime(images, trained - start, finished - trained)

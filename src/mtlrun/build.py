@@ -30,22 +30,24 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
             f"{key}: {reason}; see conf/trainer/default.yaml for the keys and types"
         ) from error
     trainer = TrainerConfig(**OmegaConf.to_container(merged, resolve=True))
-    if (
-        min(
-            trainer.epochs,
-            trainer.batch_size,
-            trainer.log_every_n_steps,
-            trainer.eval_every_n_epochs,
-        )
-        < 1
-    ):
-        raise UserError(
-            "trainer.epochs, batch_size, log_every_n_steps and eval_every_n_epochs must be >= 1"
-        )
-    if trainer.progress not in ("auto", "bar", "plain", "none"):
-        raise UserError(
-            f"trainer.progress must be auto, bar, plain or none, got '{trainer.progress}'"
-        )
+    at_least = {
+        "epochs": 1,
+        "batch_size": 1,
+        "log_every_n_steps": 1,
+        "eval_every_n_epochs": 1,
+        "keep_checkpoints": 1,
+        "max_nonfinite_in_a_row": 1,
+        "checkpoint_every_n_steps": 0,
+    }
+    for key, lowest in at_least.items():
+        if getattr(trainer, key) < lowest:
+            raise UserError(f"trainer.{key} must be >= {lowest}, got {getattr(trainer, key)}")
+    choices = {"progress": ("auto", "bar", "plain", "none"), "nonfinite": ("stop", "skip")}
+    for key, allowed in choices.items():
+        if getattr(trainer, key) not in allowed:
+            raise UserError(
+                f"trainer.{key} must be one of {', '.join(allowed)}, got '{getattr(trainer, key)}'"
+            )
     return trainer
 
 
@@ -104,7 +106,9 @@ def build(
         raise UserError(
             "no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'"
         )
-    resume_from = checkpoint.resolve(cfg.resume) if cfg.get("resume") else None
+    # A checkpoint named by `resume=`, or one the run folder already holds (a re-run sweep
+    # job, a requeued job); read and verified now, so a bad one stops the run before it starts.
+    resume = checkpoint.find_resume(cfg.get("resume"), output_dir, trainer.keep_checkpoints)
     device = resolve_device(trainer.device)
     if trainer.threads > 0:
         torch.set_num_threads(trainer.threads)
@@ -169,13 +173,15 @@ def build(
         optimizer=optimizer,
         scheduler=scheduler,
         output_dir=output_dir,
-        loggers=[TensorBoardLogger(output_dir)],
+        loggers=[
+            TensorBoardLogger(output_dir, purge_step=resume.content["step"] if resume else None)
+        ],
         console=console or Console(trainer.progress),
         monitor=monitor,
         directions=directions,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         hparams=hparams(cfg, task_names, choices or {}),
-        resume_from=resume_from,
+        resume=resume,
     )
 
 

@@ -1,59 +1,169 @@
-"""Checkpoints: plain dicts of tensors and numbers, written atomically, loaded safely.
+"""Checkpoints: plain dicts of tensors and numbers, verified, written atomically, loaded safely.
 
 A checkpoint never holds pickled objects, so it loads with `torch.load(weights_only=True)`
-and a file from an untrusted source cannot run code.
+and a file from an untrusted source cannot run code. Each carries a SHA-256 checksum of its
+content, so a truncated or corrupted file is recognised instead of half-loaded.
+
+A run folder keeps its newest `keep` checkpoints as `last.pt`, `last.1.pt`, ... (newest
+first). A new checkpoint is written to a temporary file first and only then rotated in, so a
+crash at any moment leaves every earlier file whole, and resuming from a folder falls back
+to the newest checkpoint that verifies.
 """
 
+import hashlib
 import os
 import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtlrun.errors import UserError
+from mtlrun.errors import OutputWriteError, UserError
 
-FORMAT = "mtlrun-checkpoint/1"
+FORMAT = "mtlrun-checkpoint/2"
+LAST = "last.pt"
+BEST = "best.pt"
 
 
-def save(content: dict[str, Any], path: Path) -> None:
-    """Write `content` to `path` via a temporary file and a rename, so a crash mid-write
-    leaves the previous file whole."""
+@dataclass
+class Resume:
+    """A verified checkpoint to continue from.
+
+    Attributes:
+        path: the file it was read from.
+        content: what `load` returned.
+        notes: what the search skipped on the way (damaged newer files), for the console.
+    """
+
+    path: Path
+    content: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def checksum(value: Any) -> str:
+    """SHA-256 over a canonical walk of a checkpoint's content (tensors by dtype, shape and
+    bytes; containers in order; numbers and strings by repr)."""
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}:".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, list | tuple):  # a round trip may turn tuples into lists
+        digest.update(f"S{len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, bool | int | float | str):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(f"a checkpoint holds only tensors, containers and scalars, not {value!r}")
+
+
+def rotated(path: Path, age: int) -> Path:
+    """`last.pt` at age 0, `last.1.pt` at age 1, ..."""
+    return path if age == 0 else path.with_name(f"{path.stem}.{age}{path.suffix}")
+
+
+def save(content: dict[str, Any], path: Path, keep: int = 1) -> None:
+    """Write `content` (with format tag and checksum) to `path`, keeping the `keep - 1`
+    previous versions as `<stem>.1<suffix>`, ... A failure leaves every earlier file whole and
+    raises `OutputWriteError` with one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    body = {"format": FORMAT, **content}
+    body["checksum"] = checksum(body)
     try:
         with open(temporary, "wb") as handle:
-            torch.save({"format": FORMAT, **content}, handle)
+            torch.save(body, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        for age in range(keep - 1, 0, -1):  # oldest first, so nothing newer is overwritten
+            if rotated(path, age - 1).exists():
+                os.replace(rotated(path, age - 1), rotated(path, age))
         os.replace(temporary, path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputWriteError(
+            f"could not write checkpoint {path} ({reason}); earlier checkpoints in "
+            f"{path.parent} are intact: free disk space or fix the folder's permissions, then "
+            f"resume with resume={path.parent.parent}"
+        ) from error
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def resolve(resume: str | os.PathLike[str]) -> Path:
-    """The checkpoint file meant by `resume=`: a .pt file, or a run folder's last.pt."""
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise UserError(
-            f"resume={resume}: no checkpoint at {path}; pass a run folder that has "
-            "checkpoints/last.pt, or a .pt file"
-        )
-    return path
-
-
 def load(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by `save`, refusing anything else."""
+    """Load and verify a checkpoint written by `save`, refusing anything else."""
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
+    except Exception as error:  # torch raises several types for truncated or unsafe files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a readable mtlrun checkpoint ({reason[:200]})") from error
+        raise UserError(
+            f"{path} is not a readable mtlrun checkpoint (truncated, corrupted or not a "
+            f"checkpoint: {reason[:160]})"
+        ) from error
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise UserError(f"{path} is not an mtlrun checkpoint (no '{FORMAT}' format tag)")
+    stored = content.pop("checksum", None)
+    if stored != checksum(content):
+        raise UserError(f"{path} is corrupted: its content does not match its checksum")
     return content
+
+
+def candidates(folder: Path, keep: int) -> list[Path]:
+    """The rotated checkpoints of a run's `checkpoints/` folder that exist, newest first."""
+    return [
+        rotated(folder / LAST, age) for age in range(keep) if rotated(folder / LAST, age).exists()
+    ]
+
+
+def find_resume(
+    resume: str | os.PathLike[str] | None, run_folder: Path, keep: int
+) -> Resume | None:
+    """The checkpoint a run continues from.
+
+    `resume` may be a .pt file (used as it is: an error if it does not verify) or a run
+    folder (its newest checkpoint that verifies). Without `resume`, a run folder that already
+    holds checkpoints (a re-run sweep job, a requeued job) continues from them.
+    """
+    if resume is None:
+        found = candidates(run_folder / "checkpoints", keep)
+        return _newest_good(found, run_folder) if found else None
+    path = Path(resume).expanduser()
+    if path.is_file():
+        return Resume(path, load(path))
+    found = candidates(path / "checkpoints", keep) if path.is_dir() else []
+    if not found:
+        raise UserError(
+            f"resume={resume}: no checkpoint at {path / 'checkpoints' / LAST}; pass a run folder "
+            "that has checkpoints/last.pt, or a .pt file"
+        )
+    return _newest_good(found, path)
+
+
+def _newest_good(found: Iterable[Path], folder: Path) -> Resume:
+    notes: list[str] = []
+    for path in found:
+        try:
+            resume = Resume(path, load(path), notes)
+        except UserError as error:
+            notes.append(f"skipped {error}")
+            continue
+        if notes:
+            notes.append(f"falling back to the previous good checkpoint {path}")
+        return resume
+    raise UserError(f"no usable checkpoint in {folder / 'checkpoints'}: " + "; ".join(notes))
 
 
 def capture_rng() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun.errors import UserError
+from mtlrun.preemption import Preempted
 
 # Run folders carry the process id, so runs started in the same microsecond stay apart.
 # Cached like Hydra's `now`: a sweep's jobs (in other processes under the joblib or submitit
@@ -40,7 +41,7 @@ def config_dir() -> Path:
 
 
 def fail(message: str) -> None:
-    print(f"mtlrun: error: {message}", file=sys.stderr)
+    print(f"mtlrun: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
@@ -60,6 +61,9 @@ def train(cfg: DictConfig) -> float | None:
         )
         metrics = fit(run)
         return metrics.get(run.monitor)
+    except Preempted as stop:
+        print(f"mtlrun: {stop}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None  # as if the signal had ended the process
     except UserError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

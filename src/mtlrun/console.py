@@ -38,7 +38,8 @@ class Console:
             tree.add(str(key)).add(Syntax(text.rstrip() or "null", "yaml", theme="ansi_dark"))
         self.rich.print(tree)
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
+        """A bar for the epoch's `steps` batches, `done` of which a resumed run has behind it."""
         if self.mode != "bar":
             return
         if self.progress is None:
@@ -52,7 +53,7 @@ class Console:
             )
             self.progress.start()
         self.bar_task = self.progress.add_task(
-            "", total=steps, epoch=f"{epoch + 1}/{epochs}", status=""
+            "", total=steps, completed=done, epoch=f"{epoch + 1}/{epochs}", status=""
         )
 
     def advance(self) -> None:

@@ -2,11 +2,17 @@
 
 It never branches on a task's or a weighting's name: tasks and weightings bring their own
 behaviour, and the loop only calls them.
+
+A run can be killed at any moment and resumed exactly: checkpoints hold everything the rest
+of the run depends on (weights, optimizer, weighting state, position within the epoch, every
+random state), the data order is a pure function of (seed, epoch), and the learning-rate
+schedule is replayed from the config rather than loaded.
 """
 
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +25,10 @@ from torchvision.utils import make_grid
 from mtlrun import checkpoint
 from mtlrun.console import Console
 from mtlrun.data import DataSource
-from mtlrun.errors import NonFiniteLossError, UserError
+from mtlrun.errors import NonFiniteLossError, OutputWriteError, UserError
 from mtlrun.loggers import Logger
 from mtlrun.models.multitask import MultiTaskModel
+from mtlrun.preemption import Preempted, PreemptionWatch
 from mtlrun.tasks import Direction, Task
 from mtlrun.weighting import StepContext, Weighting
 
@@ -44,6 +51,10 @@ class TrainerConfig:
     progress: str = "auto"
     num_images: int = 8
     monitor: str = "auto"
+    checkpoint_every_n_steps: int = 0
+    keep_checkpoints: int = 2
+    nonfinite: str = "stop"
+    max_nonfinite_in_a_row: int = 10
 
 
 @dataclass
@@ -66,17 +77,26 @@ class Run:
     directions: dict[str, Direction]
     config_yaml: str
     hparams: dict[str, Any]
-    resume_from: Path | None = None
+    resume: checkpoint.Resume | None = None
 
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint."""
+    """Where training stands; saved in every checkpoint (but `saved_to`)."""
 
     epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # training steps taken (skipped non-finite steps included)
     best: float | None = None  # best value of the monitored metric so far
     metrics: dict[str, float] = field(default_factory=dict)  # latest val metrics
+    skipped: int = 0  # steps skipped for a non-finite loss (trainer.nonfinite=skip)
+    skipped_in_a_row: int = 0
+    saved_to: Path | None = None  # the newest checkpoint this run can fall back to
+
+    def checkpoint_note(self) -> str:
+        if self.saved_to is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {self.saved_to}"
 
 
 class NonFiniteGuard:
@@ -91,36 +111,47 @@ class NonFiniteGuard:
         bad = ~torch.isfinite(losses.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, step, self.first_bad_step)
 
-    def check(self, kept: str) -> None:
+    def check(self, progress: Progress) -> None:
         steps = self.first_bad_step.tolist()
         for name, step in zip(self.task_names, steps, strict=True):
             if step >= 0:
                 raise NonFiniteLossError(
-                    f"the loss of task '{name}' became NaN/inf at step {step}; stopped, {kept}. "
-                    "Lower optimizer.lr, set trainer.grad_clip, or check the task's targets"
+                    f"the loss of task '{name}' became NaN/inf at step {step}; stopped, "
+                    f"{progress.checkpoint_note()}. Lower optimizer.lr, set trainer.grad_clip "
+                    "or trainer.nonfinite=skip, or check the task's targets"
                 )
 
 
 def fit(run: Run) -> dict[str, float]:
-    """Train `run` to the end; return the final metrics (also written to metrics.json)."""
+    """Train `run` to the end; return the final metrics (also written to metrics.json).
+
+    A run folder that already holds the metrics of a finished run (a re-run sweep job) is
+    not trained again: its metrics are returned as they are.
+    """
     trainer = run.trainer
-    progress = restore(run, run.resume_from) if run.resume_from else Progress()
+    finished = finished_metrics(run.output_dir, trainer.epochs)
+    if finished is not None:
+        run.console.note(f"{run.output_dir} already holds a finished run; nothing to do")
+        return finished
+    progress = restore(run, run.resume) if run.resume else Progress()
     started = time.perf_counter()
     guard = NonFiniteGuard(list(run.tasks), run.device)
     evaluated = False
     try:
-        for epoch in range(progress.epoch, trainer.epochs):
-            train_epoch(run, progress, epoch, guard)
-            run.scheduler.step()
-            progress.epoch = epoch + 1
-            if (
-                progress.epoch == trainer.epochs
-                or progress.epoch % trainer.eval_every_n_epochs == 0
-            ):
-                progress.metrics = evaluate(run, progress.step)
-                evaluated = True
-                run.console.log_eval(epoch, progress.metrics)
-            save_checkpoints(run, progress)
+        with PreemptionWatch() as watch:
+            for epoch in range(progress.epoch, trainer.epochs):
+                train_epoch(run, progress, epoch, guard, watch)
+                run.scheduler.step()
+                progress.epoch, progress.batch = epoch + 1, 0
+                if (
+                    progress.epoch == trainer.epochs
+                    or progress.epoch % trainer.eval_every_n_epochs == 0
+                ):
+                    progress.metrics = evaluate(run, progress.step)
+                    evaluated = True
+                    run.console.log_eval(epoch, progress.metrics)
+                save_checkpoints(run, progress, guard, at_epoch_end=True)
+                stop_if_preempted(run, progress, watch)
         if not evaluated:  # resumed from a finished run: report its metrics afresh
             progress.metrics = evaluate(run, progress.step)
         wall_s = round(time.perf_counter() - started, 3)
@@ -141,40 +172,84 @@ def fit(run: Run) -> dict[str, float]:
     return final
 
 
-def train_epoch(run: Run, progress: Progress, epoch: int, guard: NonFiniteGuard) -> None:
-    trainer, model, device = run.trainer, run.model, run.device
+def train_epoch(
+    run: Run, progress: Progress, epoch: int, guard: NonFiniteGuard, watch: PreemptionWatch
+) -> None:
+    """Train from batch `progress.batch` of `epoch` to its end."""
+    trainer, model = run.trainer, run.model
     shared_parameters = model.shared_parameters()
     model.train()
-    run.console.start_epoch(epoch, trainer.epochs, run.data.num_train_batches())
+    run.console.start_epoch(epoch, trainer.epochs, run.data.num_train_batches(), progress.batch)
     window_start, window_images = time.perf_counter(), 0
-    kept = "the last good checkpoint is kept in " + str(run.output_dir / "checkpoints")
-    for batch in run.data.train_batches(epoch):
-        images, targets = prepare_images(batch["image"], trainer), batch["targets"]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
-            features, outputs = run.forward(images)
-            losses = {
-                name: task.loss(outputs[name], targets[task.target])
-                for name, task in run.tasks.items()
-            }
-        run.optimizer.zero_grad(set_to_none=True)
-        context = StepContext(shared_parameters, features, step=progress.step, epoch=epoch)
-        weights = run.weighting.backward(losses, context)
-        if trainer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-        run.optimizer.step()
+    for batch in run.data.train_batches(epoch, start=progress.batch):
+        images = prepare_images(batch["image"], trainer)
+        features, losses = forward_losses(run, images, batch["targets"])
         loss_vector = torch.stack(list(losses.values())).detach()
-        guard.observe(loss_vector, progress.step)
+        weights: dict[str, Tensor] | None = None  # none when the step is skipped
+        if trainer.nonfinite == "stop" or not skip_nonfinite(run, progress, loss_vector):
+            context = StepContext(shared_parameters, features, step=progress.step, epoch=epoch)
+            weights = update(run, losses, context)
+            guard.observe(loss_vector, progress.step)
         progress.step += 1
+        progress.batch += 1
         window_images += len(images)
         run.console.advance()
         if progress.step % trainer.log_every_n_steps == 0:
-            guard.check(kept)
+            guard.check(progress)
             elapsed = time.perf_counter() - window_start
             log_train(
                 run, progress, epoch, loss_vector, weights, window_images / max(elapsed, 1e-9)
             )
             window_start, window_images = time.perf_counter(), 0
-    guard.check(kept)
+        last_batch = progress.batch == run.data.num_train_batches()
+        every = trainer.checkpoint_every_n_steps
+        if not last_batch and (watch.requested or (every > 0 and progress.step % every == 0)):
+            save_checkpoints(run, progress, guard, at_epoch_end=False)
+            stop_if_preempted(run, progress, watch)
+    guard.check(progress)
+
+
+def forward_losses(
+    run: Run, images: Tensor, targets: dict[str, Any]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The shared features and each task's loss on one batch."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.trainer.amp):
+        features, outputs = run.forward(images)
+        losses = {
+            name: task.loss(outputs[name], targets[task.target]) for name, task in run.tasks.items()
+        }
+    return features, losses
+
+
+def update(run: Run, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
+    """The weighting turns the losses into gradients; one optimizer step follows."""
+    run.optimizer.zero_grad(set_to_none=True)
+    weights = run.weighting.backward(losses, context)
+    if run.trainer.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.trainer.grad_clip)
+    run.optimizer.step()
+    return weights
+
+
+def skip_nonfinite(run: Run, progress: Progress, loss_vector: Tensor) -> bool:
+    """With `trainer.nonfinite=skip`: whether to drop this step's update (a loss is NaN/inf).
+
+    Costs one host synchronisation per step, the price of deciding before the update.
+    """
+    if bool(torch.isfinite(loss_vector).all()):
+        progress.skipped_in_a_row = 0
+        return False
+    progress.skipped += 1
+    progress.skipped_in_a_row += 1
+    if progress.skipped_in_a_row >= run.trainer.max_nonfinite_in_a_row:
+        finite = torch.isfinite(loss_vector).tolist()
+        bad = [name for name, ok in zip(run.tasks, finite, strict=True) if not ok]
+        raise NonFiniteLossError(
+            f"the loss of task(s) {bad} was NaN/inf for {progress.skipped_in_a_row} steps in a "
+            f"row up to step {progress.step}; stopped, {progress.checkpoint_note()}. Lower "
+            "optimizer.lr, set trainer.grad_clip, or check the tasks' targets"
+        )
+    return True
 
 
 def prepare_images(images: Tensor, trainer: TrainerConfig) -> Tensor:
@@ -187,18 +262,29 @@ def log_train(
     progress: Progress,
     epoch: int,
     losses: Tensor,
-    weights: dict[str, Tensor],
+    weights: dict[str, Tensor] | None,
     throughput: float,
 ) -> None:
-    """Scalars of the current step; the one place the hot loop reads values to the host."""
+    """Scalars of the current step; the one place the hot loop reads values to the host.
+
+    `weights` is None when the step's update was skipped (its losses were not finite).
+    """
     names = list(run.tasks)
-    weight_vector = torch.stack(
-        [torch.as_tensor(weights[name], device=losses.device) for name in names]
-    )
-    values = torch.cat([losses, weight_vector, (losses * weight_vector).sum()[None]]).tolist()
+    parts = [losses]
+    if weights is not None:
+        weight_vector = torch.stack(
+            [torch.as_tensor(weights[name], device=losses.device) for name in names]
+        )
+        parts += [weight_vector, (losses * weight_vector).sum()[None]]
+    values = torch.cat(parts).tolist()
     scalars = {f"train/loss/{name}": value for name, value in zip(names, values, strict=False)}
-    scalars["train/loss/total"] = values[-1]
-    scalars.update({f"train/weight/{name}": values[len(names) + i] for i, name in enumerate(names)})
+    if weights is not None:
+        scalars["train/loss/total"] = values[-1]
+        scalars.update(
+            {f"train/weight/{name}": values[len(names) + i] for i, name in enumerate(names)}
+        )
+    if run.trainer.nonfinite == "skip":
+        scalars["train/nonfinite_skipped"] = progress.skipped
     for key, value in run.weighting.extra_scalars().items():
         scalars[f"train/weighting/{key}"] = float(value)
     scalars["train/lr"] = run.optimizer.param_groups[0]["lr"]
@@ -262,63 +348,129 @@ def _first(value: Any, count: int) -> Any:
     return value[:count]
 
 
-def save_checkpoints(run: Run, progress: Progress) -> None:
-    """last.pt always; best.pt when the monitored metric improved."""
-    value = progress.metrics.get(run.monitor)
-    improved = value is not None and (
-        progress.best is None
-        or (
-            value > progress.best
-            if run.directions[run.monitor] == Direction.MAX
-            else value < progress.best
+def save_checkpoints(
+    run: Run, progress: Progress, guard: NonFiniteGuard, at_epoch_end: bool
+) -> None:
+    """last.pt (the previous ones rotated to last.1.pt, ...); at an epoch end also best.pt
+    when the monitored metric improved. Nothing is saved once a loss has gone non-finite."""
+    guard.check(progress)
+    improved = False
+    if at_epoch_end:
+        value = progress.metrics.get(run.monitor)
+        improved = value is not None and (
+            progress.best is None
+            or (
+                value > progress.best
+                if run.directions[run.monitor] == Direction.MAX
+                else value < progress.best
+            )
         )
-    )
-    if improved:
-        progress.best = value
+        if improved:
+            progress.best = value
     content = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
         "weighting": run.weighting.state_dict(),
         "epoch": progress.epoch,
+        "batch": progress.batch,
         "step": progress.step,
         "best": progress.best,
         "metrics": progress.metrics,
+        "skipped": progress.skipped,
+        "skipped_in_a_row": progress.skipped_in_a_row,
         "rng": checkpoint.capture_rng(),
         "config": run.config_yaml,
     }
     folder = run.output_dir / "checkpoints"
-    checkpoint.save(content, folder / "last.pt")
+    checkpoint.save(content, folder / checkpoint.LAST, keep=run.trainer.keep_checkpoints)
+    progress.saved_to = folder / checkpoint.LAST
     if improved:
-        checkpoint.save(content, folder / "best.pt")
+        checkpoint.save(content, folder / checkpoint.BEST)
 
 
-def restore(run: Run, path: Path) -> Progress:
-    """Load model, optimizer, scheduler, weighting, progress and RNG states from `path`."""
-    content = checkpoint.load(path)
+def stop_if_preempted(run: Run, progress: Progress, watch: PreemptionWatch) -> None:
+    """After a preemption signal (the checkpoint is saved by now): hand over to the
+    scheduler's own handler, if one was installed (submitit requeues), then stop."""
+    if not watch.requested:
+        return
+    run.console.close()
+    watch.hand_over()
+    raise Preempted(
+        f"stopped by {watch.name()} at step {progress.step}, {progress.checkpoint_note()}; "
+        f"continue with resume={run.output_dir} (a re-run into the same folder resumes by "
+        "itself)",
+        watch.signum or 0,
+    )
+
+
+def restore(run: Run, resume: checkpoint.Resume) -> Progress:
+    """Load model, optimizer, weighting, progress and RNG states from a verified checkpoint.
+
+    The optimizer's hyperparameters (learning rate, ...) and the learning-rate schedule
+    come from this run's config: the schedule is replayed for the completed epochs, so a run
+    resumed with more epochs follows its new schedule, and one resumed with the same
+    config continues exactly.
+    """
+    content = resume.content
+    configured = [
+        {key: value for key, value in group.items() if key != "params"}
+        for group in run.optimizer.param_groups
+    ]
     try:
         run.model.load_state_dict(content["model"])
         run.optimizer.load_state_dict(content["optimizer"])
-        run.scheduler.load_state_dict(content["scheduler"])
         run.weighting.load_state_dict(content["weighting"])
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0][:200]
         raise UserError(
-            f"checkpoint {path} does not fit this run ({first_line}); resume with the same "
-            "backbone, tasks, weighting and optimizer it was made with"
+            f"checkpoint {resume.path} does not fit this run ({first_line}); resume with the "
+            "same backbone, tasks, weighting and optimizer it was made with"
         ) from error
+    for group, settings in zip(run.optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+    with warnings.catch_warnings():  # stepping the schedule before any optimizer step
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(content["epoch"]):
+            run.scheduler.step()
     checkpoint.restore_rng(content["rng"])
-    run.console.note(f"resumed from {path} at epoch {content['epoch']}, step {content['step']}")
+    for note in resume.notes:
+        run.console.note(note)
+    run.console.note(
+        f"resumed from {resume.path} at epoch {content['epoch']}, batch {content['batch']}, "
+        f"step {content['step']}"
+    )
     return Progress(
         epoch=content["epoch"],
+        batch=content["batch"],
         step=content["step"],
         best=content["best"],
         metrics=dict(content["metrics"]),
+        skipped=content["skipped"],
+        skipped_in_a_row=content["skipped_in_a_row"],
+        saved_to=resume.path,
     )
 
 
+def finished_metrics(output_dir: Path, epochs: int) -> dict[str, float] | None:
+    """The metrics of a run that already finished in `output_dir`, if one did."""
+    try:
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("epoch", -1) < epochs:
+        return None
+    return metrics
+
+
 def write_json(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (temp file + rename); a failure leaves the old file whole."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputWriteError(
+            f"could not write {path} ({error.strerror or error}); free disk space or fix the "
+            "folder's permissions"
+        ) from error

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class NonFiniteLossError(UserError):
     """A task's loss became NaN or infinite during training."""
+
+
+class OutputWriteError(UserError):
+    """A checkpoint or result file could not be written (disk full, no permission, ...)."""

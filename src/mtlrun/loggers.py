@@ -21,10 +21,23 @@ class Logger(Protocol):
 
 
 class TensorBoardLogger:
-    """Writes event files into `log_dir` (the run folder)."""
+    """Writes event files into `log_dir` (the run folder).
 
-    def __init__(self, log_dir: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+    The event file is opened at the first write, so a run that turns out to have nothing to
+    do leaves no empty file. `purge_step`: a run resumed from that step in the same folder
+    hides the events the interrupted run had logged from there on, so curves do not double.
+    """
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        self.log_dir = log_dir
+        self.purge_step = purge_step
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step)
+        return self._writer
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():
@@ -47,4 +60,5 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
