@@ -4,16 +4,20 @@ Tests never copy the config: they compose `conf/` exactly as the `mtlrun` comman
 override only what makes a run tiny (see `TINY_OVERRIDES`).
 """
 
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from mtlrun.build import build
-from mtlrun.cli import config_dir
+from mtlrun.cli import config_dir, main
 from mtlrun.engine import Run
+from processes import Finished
 
 # A run of 2 optimizer steps of 8 images of 32x32 px, evaluated on one batch, on the CPU.
 TINY_OVERRIDES: tuple[str, ...] = (
@@ -60,3 +64,30 @@ def build_tiny_run() -> BuildRun:
 def tiny_overrides() -> tuple[str, ...]:
     """The overrides that shrink the real config to a run of a few CPU steps."""
     return TINY_OVERRIDES
+
+
+@pytest.fixture
+def call_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> Iterator[Callable[[list[str]], Finished]]:
+    """`call_main(arguments)`: `mtlrun.cli.main()` in this process, in `tmp_path`; the exit
+    code is that of the `SystemExit` it raised, or 0 when it returned."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    root_logger = logging.getLogger()
+    handlers, level = root_logger.handlers[:], root_logger.level
+    threads = torch.get_num_threads()  # `trainer.threads` sets it for the whole process
+
+    def call(arguments: list[str]) -> Finished:
+        monkeypatch.setattr(sys, "argv", ["mtlrun", *arguments])
+        code = 0
+        try:
+            main()
+        except SystemExit as exited:
+            code = exited.code if isinstance(exited.code, int) else 1
+        captured = capsys.readouterr()
+        return Finished(code, captured.out, captured.err, tmp_path)
+
+    yield call
+    root_logger.handlers[:], root_logger.level = handlers, level  # Hydra configured logging
+    torch.set_num_threads(threads)

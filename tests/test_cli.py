@@ -6,11 +6,8 @@ Processes that do not depend on each other are started together.
 """
 
 import json
-import logging
-import os
-import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,52 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtlrun.cli import GROUPS, config_dir, main
-
-TIMEOUT_S = 300
-
-
-@dataclass
-class Finished:
-    """What a finished process left: exit code, output and its working folder."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    cwd: Path
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def run_folders(self) -> list[Path]:
-        return sorted(path for path in (self.cwd / "outputs" / "runs").glob("*") if path.is_dir())
-
-
-class Started:
-    """A process started in `cwd` and not yet waited for."""
-
-    def __init__(self, command: Sequence[str | Path], cwd: Path) -> None:
-        cwd.mkdir(parents=True, exist_ok=True)
-        environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        environment["NO_COLOR"] = "1"
-        self.cwd = cwd
-        self.process = subprocess.Popen(
-            [str(part) for part in command],
-            cwd=cwd,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def finish(self) -> Finished:
-        stdout, stderr = self.process.communicate(timeout=TIMEOUT_S)
-        return Finished(self.process.returncode, stdout, stderr, self.cwd)
-
-
-def run(command: Sequence[str | Path], cwd: Path) -> Finished:
-    return Started(command, cwd).finish()
+from mtlrun.cli import GROUPS, config_dir
+from processes import Finished, Started, assert_one_line_error, run
 
 
 def group_options(group: str) -> list[str]:
@@ -220,45 +173,11 @@ def arguments_of(case: str, files: Path) -> list[str]:
     return [argument.replace("{files}", str(files)) for argument in BAD_INPUTS[case].arguments]
 
 
-def assert_one_line_error(result: Finished, named: Sequence[str]) -> None:
-    assert result.returncode != 0, result.output[-3000:]
-    assert "Traceback" not in result.output, result.output[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for word in named:
-        assert word in lines[0], f"{word!r} not in: {lines[0]}"
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("files")
     write_non_checkpoints(folder)
     return folder
-
-
-@pytest.fixture
-def call_main(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> Iterator[Callable[[list[str]], Finished]]:
-    """`call_main(arguments)`: `mtlrun.cli.main()` in this process, in a fresh folder; the
-    exit code comes from the `SystemExit` it must raise."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    root_logger = logging.getLogger()
-    handlers, level = root_logger.handlers[:], root_logger.level
-    threads = torch.get_num_threads()  # `trainer.threads` sets it for the whole process
-
-    def call(arguments: list[str]) -> Finished:
-        monkeypatch.setattr(sys, "argv", ["mtlrun", *arguments])
-        with pytest.raises(SystemExit) as exited:
-            main()
-        captured = capsys.readouterr()
-        code = exited.value.code
-        return Finished(code if isinstance(code, int) else 1, captured.out, captured.err, tmp_path)
-
-    yield call
-    root_logger.handlers[:], root_logger.level = handlers, level  # Hydra configured logging
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

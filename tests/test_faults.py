@@ -1,0 +1,128 @@
+"""Kill a real `mtlrun` process with SIGKILL at many points, re-run it, and check that it ends
+exactly where a run that was never interrupted ends: the same weights, the same metrics.
+
+The faults are planted by `fault_runner.py` (inside a step, inside an evaluation, half-way
+through a checkpoint write, between the rotation of last.pt and the new one) plus kills from
+outside at random moments. A re-run into the same run folder resumes by itself.
+"""
+
+import json
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from processes import Finished, Started
+
+from mtlrun import checkpoint
+
+FAULT_RUNNER = Path(__file__).with_name("fault_runner.py")
+# 2 epochs of 6 steps, a checkpoint every 2 steps; dropout and VAE sampling draw random
+# numbers, so every random state must survive the kill too.
+ARGUMENTS = (
+    "experiment=smoke",
+    "tasks=[cls,gen]",
+    "tasks.cls.dropout=0.5",
+    "tasks.gen.variant=vae",
+    "dataset.train_size=48",
+    "dataset.val_size=16",
+    "trainer.batch_size=8",
+    "trainer.epochs=2",
+    "trainer.checkpoint_every_n_steps=2",
+    "trainer.keep_checkpoints=2",
+    "trainer.device=cpu",
+    "trainer.threads=1",
+    "trainer.progress=plain",
+    "trainer.log_every_n_steps=1",
+    "trainer.num_images=2",
+)
+# (fault, n): the n-th time the point is reached. Checkpoint writes: 1 = step 2, 2 = step 4,
+# 3 = the end of epoch 1 (last.pt), 4 = its best.pt.
+PLANTED = [
+    ("step", 3),
+    ("step", 10),
+    ("eval", 1),
+    ("eval", 2),
+    ("checkpoint-write", 2),
+    ("checkpoint-write", 4),
+    ("checkpoint-rotate", 2),
+]
+RANDOM_KILLS = 2
+
+
+def start(folder: Path, *prefix: str) -> Started:
+    command = [sys.executable, *prefix, *ARGUMENTS, f"hydra.run.dir={folder / 'run'}"]
+    return Started(command, folder)
+
+
+def final_state(folder: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    metrics = json.loads((folder / "run" / "metrics.json").read_text())
+    metrics.pop("wall_s")
+    model = checkpoint.load(folder / "run" / "checkpoints" / "last.pt")["model"]
+    return metrics, model
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    began = time.perf_counter()
+    result = start(folder, "-m", "mtlrun").finish()
+    assert result.returncode == 0, result.output[-3000:]
+    return folder, time.perf_counter() - began
+
+
+def kill_at_random(folder: Path, after_s: float) -> Finished:
+    process = start(folder, "-m", "mtlrun")
+    time.sleep(after_s)
+    process.process.send_signal(signal.SIGKILL)
+    return process.finish()
+
+
+def test_every_kill_resumes_to_exactly_the_uninterrupted_run(
+    reference: tuple[Path, float], tmp_path: Path
+) -> None:
+    reference_folder, duration_s = reference
+    expected_metrics, expected_model = final_state(reference_folder)
+    folders: dict[str, Path] = {}
+    killed: dict[str, Finished] = {}
+    for index in range(0, len(PLANTED), 2):  # two processes at a time: two cores
+        pair = {}
+        for fault, count in PLANTED[index : index + 2]:
+            name = f"{fault}-{count}"
+            folders[name] = tmp_path / name
+            pair[name] = start(folders[name], str(FAULT_RUNNER), fault, str(count))
+        killed.update({name: process.finish() for name, process in pair.items()})
+    moments = random.Random(2026).sample(range(35, 95), RANDOM_KILLS)
+    for percent in moments:
+        name = f"random-{percent}%"
+        folders[name] = tmp_path / name
+        killed[name] = kill_at_random(folders[name], duration_s * percent / 100)
+
+    for name, result in killed.items():
+        assert result.returncode == -signal.SIGKILL, f"{name} was not killed: {result.output}"
+    resumed = {name: start(folder, "-m", "mtlrun") for name, folder in folders.items()}
+    for name, process in resumed.items():
+        result = process.finish()
+        assert result.returncode == 0, f"{name}: {result.output[-3000:]}"
+        metrics, model = final_state(folders[name])
+        assert metrics == expected_metrics, name
+        different = [key for key in model if not torch.equal(model[key], expected_model[key])]
+        assert not different, f"{name}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_a_kill_inside_the_checkpoint_write_leaves_the_previous_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Killed half-way through its 2nd checkpoint write (step 4): the file of step 2 is
+    whole and verifies; the half-written one never took its name."""
+    result = start(tmp_path, str(FAULT_RUNNER), "checkpoint-write", "2").finish()
+    assert result.returncode == -signal.SIGKILL
+    folder = tmp_path / "run" / "checkpoints"
+    assert checkpoint.load(folder / "last.pt")["step"] == 2
+    assert not (folder / "last.1.pt").exists()
+    (temporary,) = folder.glob(".last.pt.tmp-*")  # left by the kill, never loaded
+    with pytest.raises(Exception, match="not a readable"):
+        checkpoint.load(temporary)
