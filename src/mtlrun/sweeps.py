@@ -1,12 +1,10 @@
-"""Sweeps: the jobs of the single-task vs multi-task sweeper, the report at a sweep's end, and
-torch threads per parallel job.
+"""Sweeps: the jobs of the single-task vs multi-task sweeper and the report at a sweep's end.
 
 Hydra instantiates these from `conf/hydra/`: the sweeper class itself lives in
 `hydra_plugins.mtlrun_sweeper` (Hydra finds sweepers only there), the callbacks here.
 """
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -84,42 +82,3 @@ class ReportAtSweepEnd(Callback):
             write_report([sweep_dir], include_loss=self.include_loss)
         except UserError as error:  # the sweep's runs are done and kept: say why, do not fail
             log.warning("no report for %s: %s", sweep_dir, error)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def threads_per_job(parallel_jobs: int, cores: int) -> int:
-    """Torch threads for each of `parallel_jobs` jobs so that jobs × threads ≤ cores.
-
-    `parallel_jobs` follows joblib's convention: -1 means one job per core, -2 all but one.
-    """
-    if parallel_jobs < 0:
-        parallel_jobs = max(cores + 1 + parallel_jobs, 1)
-    return max(cores // max(parallel_jobs, 1), 1)
-
-
-class ThreadsPerJob(Callback):
-    """Give each job of a parallel launcher its share of the cores, in the job's own process.
-
-    `trainer.threads` > 0 still wins: the run sets it after this.
-
-    Args:
-        parallel_jobs: how many jobs run at once (the launcher's `n_jobs`).
-        cores: cores to share; None: those this process may use.
-    """
-
-    def __init__(self, parallel_jobs: int, cores: int | None = None) -> None:
-        self.parallel_jobs = parallel_jobs
-        self.cores = cores
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import torch
-
-        threads = threads_per_job(self.parallel_jobs, self.cores or available_cores())
-        torch.set_num_threads(threads)
-        log.info("torch threads for this job: %d", threads)
