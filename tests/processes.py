@@ -36,7 +36,9 @@ class Started:
         cwd.mkdir(parents=True, exist_ok=True)
         environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         environment["NO_COLOR"] = "1"
+        environment["PYTHONUNBUFFERED"] = "1"  # lines arrive as printed, for `wait_for`
         self.cwd = cwd
+        self.seen: list[str] = []
         self.process = subprocess.Popen(
             [str(part) for part in command],
             cwd=cwd,
@@ -46,9 +48,18 @@ class Started:
             text=True,
         )
 
+    def wait_for(self, text: str) -> str:
+        """Read stdout up to the first line containing `text` (kept for `finish`)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"the process ended without printing {text!r}: {self.seen[-5:]}")
+
     def finish(self) -> Finished:
         stdout, stderr = self.process.communicate(timeout=TIMEOUT_S)
-        return Finished(self.process.returncode, stdout, stderr, self.cwd)
+        return Finished(self.process.returncode, "".join(self.seen) + stdout, stderr, self.cwd)
 
 
 def run(command: Sequence[str | Path], cwd: Path) -> Finished:

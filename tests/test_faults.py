@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import Finished, Started
 
 from mtlrun import checkpoint
+from processes import Finished, Started
 
 FAULT_RUNNER = Path(__file__).with_name("fault_runner.py")
 # 2 epochs of 6 steps, a checkpoint every 2 steps; dropout and VAE sampling draw random
@@ -126,3 +126,28 @@ def test_a_kill_inside_the_checkpoint_write_leaves_the_previous_checkpoint(
     (temporary,) = folder.glob(".last.pt.tmp-*")  # left by the kill, never loaded
     with pytest.raises(Exception, match="not a readable"):
         checkpoint.load(temporary)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_preemption_signal_saves_stops_and_resumes_exactly(
+    signum: signal.Signals, reference: tuple[Path, float], tmp_path: Path
+) -> None:
+    """What SLURM sends before it kills a job: the run saves a checkpoint at the next step
+    boundary, says so in one line and exits as the signal would have; a re-run continues."""
+    process = start(tmp_path, "-m", "mtlrun")
+    process.wait_for("step 3 ")
+    process.process.send_signal(signum)
+    stopped = process.finish()
+    assert stopped.returncode == 128 + signum, stopped.output[-3000:]
+    (line,) = stopped.stderr.strip().splitlines()
+    assert signum.name in line and f"resume={tmp_path / 'run'}" in line
+    saved_step = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"]
+    assert 3 <= saved_step < 12 and f"step {saved_step}" in line
+
+    resumed = start(tmp_path, "-m", "mtlrun").finish()
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in resumed.stdout
+    expected_metrics, expected_model = final_state(reference[0])
+    metrics, model = final_state(tmp_path)
+    assert metrics == expected_metrics
+    assert all(torch.equal(model[key], expected_model[key]) for key in model)
