@@ -1,0 +1,223 @@
+"""`mtlrun-report` on hand-made run folders: Δm% signs and directions, baseline matching
+(exact, closest, missing, ambiguous, from --baseline), and the files and errors it writes.
+
+A run folder here holds what a real run leaves: `metrics.json`, `.hydra/config.yaml` and
+`.hydra/overrides.yaml`. Directions come from the real task classes named by `_target_`.
+"""
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from mtlrun.report import build_report, delta_m, main
+from mtlrun.tasks import Direction
+
+TARGETS = {
+    "cls": "mtlrun.tasks.classification.ClassificationTask",  # acc ↑, f1 ↑
+    "depth": "mtlrun.tasks.depth.DepthTask",  # abs_err ↓, rel_err ↓
+    "odd": "nowhere.UnknownTask",  # a class that cannot be imported: directions unknown
+}
+
+
+def write_run(
+    folder: Path,
+    metrics: dict[str, float],
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    epochs: int = 1,
+    weighting: str = "sum",
+) -> Path:
+    """A finished run of the tasks named in `metrics` (`val/<task>/<metric>` keys)."""
+    tasks = list(dict.fromkeys(key.split("/")[1] for key in metrics))
+    config = {
+        "tasks": {task: {"_target_": TARGETS[task], "hidden": 8} for task in tasks},
+        "weighting": {"_target_": f"mtlrun.weighting.{weighting}.Weighting"},
+        "trainer": {"epochs": epochs, "seed": seed, "progress": "none"},
+        "optimizer": {"lr": 0.001},
+        "resume": None,
+    }
+    if overrides is None:
+        overrides = [f"tasks=[{','.join(tasks)}]", f"weighting={weighting}"]
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+    content: dict[str, Any] = {**metrics, "epoch": epochs, "step": 10, "wall_s": 1.0}
+    (folder / "metrics.json").write_text(json.dumps(content))
+    return folder
+
+
+CLS_ALONE = {"val/cls/acc": 0.80, "val/cls/f1": 0.70, "val/cls/loss": 0.50}
+DEPTH_ALONE = {"val/depth/abs_err": 0.40, "val/depth/rel_err": 0.20, "val/depth/loss": 0.40}
+TOGETHER = {
+    "val/cls/acc": 0.88,  # +10%
+    "val/cls/f1": 0.70,  # 0%
+    "val/cls/loss": 0.40,  # lower: +20% (only with include_loss)
+    "val/depth/abs_err": 0.30,  # lower is better: +25%
+    "val/depth/rel_err": 0.25,  # higher is worse: -25%
+    "val/depth/loss": 0.50,  # -25% (only with include_loss)
+}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """A stl_vs_mtl-like sweep: cls alone, depth alone, both together."""
+    folder = tmp_path / "sweep"
+    write_run(folder / "0", CLS_ALONE)
+    write_run(folder / "1", DEPTH_ALONE)
+    write_run(folder / "2", TOGETHER)
+    return folder
+
+
+def test_delta_m_signs_follow_directions() -> None:
+    assert delta_m([(0.9, 0.8, Direction.MAX)]) == pytest.approx(12.5)
+    assert delta_m([(0.7, 0.8, Direction.MAX)]) == pytest.approx(-12.5)
+    assert delta_m([(0.3, 0.4, Direction.MIN)]) == pytest.approx(25.0)
+    assert delta_m([(0.5, 0.4, Direction.MIN)]) == pytest.approx(-25.0)
+    both = [(0.9, 0.8, Direction.MAX), (0.5, 0.4, Direction.MIN)]
+    assert delta_m(both) == pytest.approx((12.5 - 25.0) / 2)
+    with pytest.raises(ValueError):
+        delta_m([])
+
+
+def test_multi_task_row_is_compared_with_each_single_task_run(sweep: Path) -> None:
+    report = build_report([sweep])
+    rows = {row.label: row for row in report.rows}
+    assert sorted(rows) == ["0", "1", "2"]
+    assert rows["0"].delta_m is None and rows["1"].delta_m is None  # baselines themselves
+    assert rows["2"].delta_m == pytest.approx((10 + 0 + 25 - 25) / 4)
+    assert {b.task: b.label for b in rows["2"].baselines} == {"cls": "0", "depth": "1"}
+    assert report.directions["val/depth/abs_err"] == Direction.MIN
+    assert report.directions["val/cls/acc"] == Direction.MAX
+    assert report.directions["val/cls/loss"] == Direction.MIN
+
+
+def test_losses_count_only_when_asked(sweep: Path) -> None:
+    (row,) = [row for row in build_report([sweep], include_loss=True).rows if row.label == "2"]
+    assert row.delta_m == pytest.approx((10 + 0 + 20 + 25 - 25 - 25) / 6)
+
+
+def test_missing_baseline_is_named_and_other_rows_still_reported(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", CLS_ALONE)
+    write_run(tmp_path / "1", TOGETHER)
+    main([str(tmp_path)])
+    markdown = (tmp_path / "report.md").read_text()
+    assert "no single-task run of 'depth'" in markdown
+    assert "cls ← 0" in markdown
+    assert "0.88" in markdown  # the multi-task run's metrics are still shown
+    with (tmp_path / "report.csv").open() as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    assert rows["1"]["delta_m_percent"] == ""
+    assert float(rows["1"]["val/cls/acc"]) == pytest.approx(0.88)
+
+
+def test_files_state_the_sign_convention_and_delta(sweep: Path) -> None:
+    main([str(sweep)])
+    markdown = (sweep / "report.md").read_text()
+    assert "Higher Δm is better" in markdown
+    assert "l_k = 1 when lower is better" in markdown
+    (line,) = [line for line in markdown.splitlines() if line.startswith("| 2 |")]
+    assert line.split("|")[-2].strip() == "+2.50"
+    with (sweep / "report.csv").open() as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    assert float(rows["2"]["delta_m_percent"]) == pytest.approx(2.5)
+    assert rows["0"]["delta_m_percent"] == ""
+
+
+def test_exact_settings_beat_other_seeds(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", {**CLS_ALONE, "val/cls/acc": 0.40}, seed=1)
+    write_run(tmp_path / "1", CLS_ALONE, seed=0)
+    write_run(tmp_path / "2", DEPTH_ALONE, seed=0)
+    write_run(tmp_path / "3", TOGETHER, seed=0)
+    (row,) = [row for row in build_report([tmp_path]).rows if row.label == "3"]
+    assert {b.task: (b.label, b.note) for b in row.baselines} == {
+        "cls": ("1", ""),
+        "depth": ("2", ""),
+    }
+    assert row.delta_m == pytest.approx(2.5)
+
+
+def test_equally_close_baselines_are_ambiguous(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", CLS_ALONE, seed=1)
+    write_run(tmp_path / "1", CLS_ALONE, seed=2)
+    write_run(tmp_path / "2", DEPTH_ALONE, seed=0)
+    write_run(tmp_path / "3", TOGETHER, seed=0)
+    (row,) = [row for row in build_report([tmp_path]).rows if row.label == "3"]
+    assert row.delta_m is None
+    (cls,) = [b for b in row.baselines if b.task == "cls"]
+    assert cls.run is None and "ambiguous" in cls.note and "0, 1" in cls.note
+
+
+def test_closest_baseline_is_used_and_its_differences_named(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", CLS_ALONE, epochs=3)
+    write_run(tmp_path / "1", DEPTH_ALONE)
+    write_run(tmp_path / "2", TOGETHER)
+    (row,) = [row for row in build_report([tmp_path]).rows if row.label == "2"]
+    (cls,) = [b for b in row.baselines if b.task == "cls"]
+    assert cls.label == "0" and cls.note == "settings differ in trainer.epochs"
+    assert row.delta_m == pytest.approx(2.5)
+
+
+def test_baselines_from_another_folder(tmp_path: Path) -> None:
+    write_run(tmp_path / "alone" / "0", CLS_ALONE)
+    write_run(tmp_path / "alone" / "1", DEPTH_ALONE)
+    worse = {**CLS_ALONE, "val/cls/acc": 0.10}  # would give another Δm if it were used
+    write_run(tmp_path / "mtl" / "0", worse)
+    write_run(tmp_path / "mtl" / "1", TOGETHER)
+    report = build_report([tmp_path / "mtl"], baseline_folders=[tmp_path / "alone"])
+    assert [row.label for row in report.rows] == ["0", "1"]  # rows: only the given folder
+    (row,) = [row for row in report.rows if row.label == "1"]
+    assert row.delta_m == pytest.approx(2.5)
+    assert all("alone" in b.label for b in row.baselines)
+
+
+def test_metric_of_unknown_direction_is_left_out(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", CLS_ALONE)
+    write_run(tmp_path / "1", {"val/odd/score": 2.0})
+    write_run(tmp_path / "2", {"val/cls/acc": 0.88, "val/cls/f1": 0.70, "val/odd/score": 4.0})
+    report = build_report([tmp_path])
+    (row,) = [row for row in report.rows if row.label == "2"]
+    assert row.delta_m == pytest.approx((10 + 0) / 2)
+    assert any("val/odd/score left out of Δm" in note for note in row.notes)
+    assert report.directions["val/odd/score"] is None
+
+
+def test_zero_baseline_is_left_out(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", {**CLS_ALONE, "val/cls/f1": 0.0})
+    write_run(tmp_path / "1", DEPTH_ALONE)
+    write_run(tmp_path / "2", TOGETHER)
+    (row,) = [row for row in build_report([tmp_path]).rows if row.label == "2"]
+    assert row.delta_m == pytest.approx((10 + 25 - 25) / 3)
+    assert any("val/cls/f1 left out" in note for note in row.notes)
+
+
+def test_unfinished_runs_are_listed(sweep: Path) -> None:
+    (sweep / "3" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "config.yaml").rename(sweep / "3" / ".hydra" / "config.yaml")
+    write_run(sweep / "4", CLS_ALONE)  # replaces run 0 as the cls baseline
+    report = build_report([sweep])
+    assert [path.name for path in report.unfinished] == ["3"]
+    assert [row.label for row in report.rows] == ["1", "2", "4"]
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda root: root / "nowhere", ["no folder", "nowhere"]),
+        (lambda root: root, ["no finished runs"]),
+    ],
+    ids=["no folder", "empty folder"],
+)
+def test_bad_folders_are_one_line_errors(
+    make: Any, named: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(make(tmp_path))])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mtlrun-report: error:")
+    for word in named:
+        assert word in line
