@@ -1,5 +1,6 @@
 """Turn a composed config into a `Run`. The only module that calls `hydra.utils.instantiate`."""
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from mtlrun.errors import UserError
 from mtlrun.loggers import TensorBoardLogger
 from mtlrun.models.multitask import MultiTaskModel
 from mtlrun.tasks import Direction, Task
+from mtlrun.weighting import Weighting
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
@@ -133,11 +135,19 @@ def build(
         )
         for name in task_names
     }
-    model = MultiTaskModel(backbone, {name: task.head for name, task in tasks.items()}).to(device)
-    if trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
     weighting = make("weighting", cfg.weighting)
     weighting.setup(task_names)
+    model = make(
+        "model",
+        cfg.model,
+        backbone=backbone,
+        new_backbone=partial(make, "backbone", cfg.backbone),
+        heads={name: task.head for name, task in tasks.items()},
+        needs_task_parameters="task_parameters" in weighting.requires(),
+    ).to(device)
+    check_model_fits(model, weighting, trainer, str(cfg.model.get("sharing")))
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
     weighting.to(device)
     optimizer = make(
         "optimizer", cfg.optimizer, params=[*model.parameters(), *weighting.parameters()]
@@ -185,6 +195,35 @@ def build(
     )
 
 
+def check_model_fits(
+    model: MultiTaskModel, weighting: Weighting, trainer: TrainerConfig, sharing: str
+) -> None:
+    """Stop before training when the weighting or the relation measurement needs a part of
+    the model that this way of sharing does not have."""
+    method = type(weighting).__name__
+    needs = weighting.requires()
+    if "shared_parameters" in needs and not model.shared_parameters():
+        raise UserError(
+            f"weighting {method} combines per-task gradients on shared parameters, but "
+            f"model.sharing={sharing} shares none; use model.sharing=hard or cross_stitch, "
+            "weighting.on=features where the method allows it, or a loss-based weighting"
+        )
+    if "task_parameters" in needs and not model.task_parameters():
+        raise UserError(
+            f"weighting {method} needs task-specific parameters of identical shape, but the "
+            "model has none; set model.adapter=conv (or auto), or model.sharing=soft or "
+            "cross_stitch"
+        )
+    if trainer.relations_every_n_steps < 0:
+        raise UserError("trainer.relations_every_n_steps must be >= 0 (0 = off)")
+    if trainer.relations_every_n_steps > 0 and not model.shared_parameters():
+        raise UserError(
+            "trainer.relations_every_n_steps measures the tasks' gradients on shared "
+            f"parameters, but model.sharing={sharing} shares none; set it to 0 or use "
+            "model.sharing=hard or cross_stitch"
+        )
+
+
 def hparams(cfg: DictConfig, task_names: list[str], choices: dict[str, Any]) -> dict[str, Any]:
     """The run's defining settings, flat, for TensorBoard's HPARAMS tab."""
     picked = {
@@ -195,6 +234,7 @@ def hparams(cfg: DictConfig, task_names: list[str], choices: dict[str, Any]) -> 
     return {
         **picked,
         "tasks": ",".join(task_names),
+        "model.sharing": str(cfg.model.sharing),
         "optimizer.lr": float(cfg.optimizer.lr),
         "trainer.batch_size": int(cfg.trainer.batch_size),
         "trainer.epochs": int(cfg.trainer.epochs),

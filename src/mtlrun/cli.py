@@ -22,6 +22,7 @@ OmegaConf.register_new_resolver("mtlrun_pid", os.getpid, replace=True, use_cache
 
 GROUPS = (
     "backbone",
+    "model",
     "tasks",
     "weighting",
     "dataset",

@@ -29,6 +29,7 @@ from mtlrun.errors import NonFiniteLossError, OutputWriteError, UserError
 from mtlrun.loggers import Logger
 from mtlrun.models.multitask import MultiTaskModel
 from mtlrun.preemption import Preempted, PreemptionWatch
+from mtlrun.relations import measure_relations
 from mtlrun.tasks import Direction, Task
 from mtlrun.weighting import StepContext, Weighting
 
@@ -55,6 +56,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     nonfinite: str = "stop"
     max_nonfinite_in_a_row: int = 10
+    relations_every_n_steps: int = 0
 
 
 @dataclass
@@ -178,6 +180,7 @@ def train_epoch(
     """Train from batch `progress.batch` of `epoch` to its end."""
     trainer, model = run.trainer, run.model
     shared_parameters = model.shared_parameters()
+    task_parameters = model.task_parameters()
     model.train()
     run.console.start_epoch(epoch, trainer.epochs, run.data.num_train_batches(), progress.batch)
     window_start, window_images = time.perf_counter(), 0
@@ -187,7 +190,16 @@ def train_epoch(
         loss_vector = torch.stack(list(losses.values())).detach()
         weights: dict[str, Tensor] | None = None  # none when the step is skipped
         if trainer.nonfinite == "stop" or not skip_nonfinite(run, progress, loss_vector):
-            context = StepContext(shared_parameters, features, step=progress.step, epoch=epoch)
+            every = trainer.relations_every_n_steps
+            if every > 0 and (progress.step + 1) % every == 0:
+                log_relations(run, losses, shared_parameters, progress.step + 1)
+            context = StepContext(
+                shared_parameters,
+                features,
+                step=progress.step,
+                epoch=epoch,
+                task_parameters=task_parameters,
+            )
             weights = update(run, losses, context)
             guard.observe(loss_vector, progress.step)
         progress.step += 1
@@ -460,6 +472,18 @@ def finished_metrics(output_dir: Path, epochs: int) -> dict[str, float] | None:
     if not isinstance(metrics, dict) or metrics.get("epoch", -1) < epochs:
         return None
     return metrics
+
+
+def log_relations(
+    run: Run, losses: dict[str, Tensor], shared_parameters: list[Tensor], step: int
+) -> None:
+    """Measure the task-relation matrix before the step's own backward pass (which zeroes
+    the gradients this leaves on the heads); log it and write relations.json."""
+    relations = measure_relations(losses, shared_parameters, step)
+    for logger in run.loggers:
+        logger.log_scalars(relations.scalars(), step)
+        logger.log_images({"relations/gradient_cosine": relations.heatmap()}, step)
+    write_json(run.output_dir / "relations.json", relations.to_json())
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

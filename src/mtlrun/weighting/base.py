@@ -16,7 +16,7 @@ part), hands them over as one [T, P] matrix and writes the combination back.
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -38,12 +38,16 @@ class StepContext:
         features: the shared representation the heads read (for methods that work on it).
         step: the global training step, counted from 0.
         epoch: the current epoch, counted from 0.
+        task_parameters: each task's task-specific parameters of identical shape across
+            tasks (per-task adapters or backbones), in the same order for every task;
+            empty when the model has none (hard sharing without adapters).
     """
 
     shared_parameters: list[nn.Parameter]
     features: Tensor
     step: int
     epoch: int = 0
+    task_parameters: dict[str, list[nn.Parameter]] = field(default_factory=dict)
 
 
 class Weighting(nn.Module, ABC):
@@ -66,6 +70,11 @@ class Weighting(nn.Module, ABC):
         """Method-specific values to log at log steps as `train/weighting/<key>`
         (e.g. solver failures); none by default."""
         return {}
+
+    def requires(self) -> set[str]:
+        """What the method needs the model to offer in its `StepContext`:
+        "shared_parameters" and/or "task_parameters" (non-empty); `build` checks it."""
+        return set()
 
     def check_task_keys(self, setting: str, mapping: dict[str, object]) -> None:
         """Reject settings that name tasks the run does not have."""
@@ -159,6 +168,9 @@ class GradientWeighting(Weighting):
     def extra_scalars(self) -> dict[str, Tensor | float]:
         return {"solver_failures": self.solver_failures} if self.solves else {}
 
+    def requires(self) -> set[str]:
+        return {"shared_parameters"} if self.on == "parameters" else set()
+
     def count_failure(self, failed: bool | Tensor) -> None:
         """Count one failed or inaccurate solve (a host bool or a device bool tensor; adding
         either to the device counter needs no synchronisation)."""
@@ -168,18 +180,21 @@ class GradientWeighting(Weighting):
             self.solver_failures += 1
 
 
-def parameter_gradients(losses: list[Tensor], parameters: list[Tensor], size: int) -> Tensor:
+def parameter_gradients(
+    losses: list[Tensor], parameters: list[Tensor], size: int, retain_graph: bool = False
+) -> Tensor:
     """Per-task gradients on the shared `parameters` as one [T, size] matrix.
 
     Each loss is backpropagated once through everything it depends on. Task-specific
     parameters accumulate their `.grad` as usual; since a head depends on its own loss only,
     it ends with its own task's gradient. The shared parameters' `.grad` is read into the
-    task's row and cleared before the next task, and is left unset at the end.
+    task's row and cleared before the next task, and is left unset at the end. With
+    `retain_graph` the graph survives the last pass too (for a caller that measures first).
     """
     reference = parameters[0] if parameters else losses[0]
     grads = torch.empty((len(losses), size), dtype=reference.dtype, device=reference.device)
     for index, loss in enumerate(losses):
-        loss.backward(retain_graph=index < len(losses) - 1)
+        loss.backward(retain_graph=retain_graph or index < len(losses) - 1)
         flat = [
             p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in parameters
         ]
