@@ -225,7 +225,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
     last = previous / "checkpoints" / "last.pt"
     before = last.read_bytes()
     first_task = next(iter(OmegaConf.load(previous / ".hydra" / "config.yaml").tasks))
-    step = int(read_metrics(previous)["step"])
+    step = int(read_metrics(previous)["step"]) + 1  # the first step after the resumed one
     arguments = [*smoke_arguments, "trainer.epochs=2", "dataset.noise=nan", f"resume={previous}"]
     result = run([*mtlrun_command, *arguments], finished.cwd)
     assert_one_line_error(result, [f"'{first_task}'", f"step {step}", "NaN"])

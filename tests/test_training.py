@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtlrun import checkpoint
 from mtlrun.build import build
 from mtlrun.engine import Run, fit
 from mtlrun.errors import NonFiniteLossError, UserError
@@ -276,7 +277,7 @@ def test_huge_learning_rate_stops_with_the_task_and_step(
         fit(run)
     task, step = NAN_LOSS.search(str(raised.value)).groups()
     assert task in run.tasks
-    assert 1 <= int(step) < run.data.num_train_batches()  # step 0 uses the initial weights
+    assert 2 <= int(step) <= run.data.num_train_batches()  # step 1 uses the initial weights
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
     assert not (tmp_path / "metrics.json").exists()
 
@@ -309,7 +310,7 @@ def test_nan_after_resume_keeps_the_last_good_checkpoint(
 ) -> None:
     task, step = NAN_LOSS.search(str(nan_after_resume.error)).groups()
     assert task == next(iter(finished.run.tasks))
-    assert int(step) == finished.metrics["step"]  # the first step after the resumed one
+    assert int(step) == finished.metrics["step"] + 1  # the first step after the resumed one
     assert not (nan_after_resume.new_folder / "checkpoints" / "last.pt").exists()
     last = finished.folder / "checkpoints" / "last.pt"
     assert last.read_bytes() == nan_after_resume.old_checkpoint_before
@@ -319,3 +320,92 @@ def test_nan_message_points_at_a_saved_checkpoint(nan_after_resume: NanAfterResu
     message = str(nan_after_resume.error)
     paths = [Path(found) for found in re.findall(r"(/\S+?)[.;,]?(?=\s|$)", message)]
     assert any(path.is_file() or (path / "last.pt").is_file() for path in paths), message
+
+
+def test_skip_drops_only_the_steps_with_a_non_finite_loss(
+    compose_tiny: ComposeConfig, tmp_path: Path
+) -> None:
+    """`trainer.nonfinite=skip`: the 2nd training step's cls loss is NaN. That step leaves
+    the weights and the optimizer untouched, is counted in TensorBoard, and training goes on."""
+    run = build(
+        compose_tiny("tasks=[cls,seg]", "trainer.nonfinite=skip", "dataset.train_size=32"),
+        tmp_path,
+    )
+    cls_loss, calls, snapshots = run.tasks["cls"].loss, 0, []
+
+    def nan_on_second_call(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        loss = cls_loss(output, target)
+        return loss * float("nan") if calls == 2 else loss
+
+    run.tasks["cls"].loss = nan_on_second_call
+    # Weights and BatchNorm statistics before every forward pass (training ones first).
+    run.model.register_forward_pre_hook(lambda *_: snapshots.append(state(run)))
+    metrics = fit(run)
+    assert metrics["step"] == 4
+    assert_same_weights(snapshots[1], snapshots[2])  # step 2 changed nothing, buffers included
+    assert not all(torch.equal(snapshots[0][k], snapshots[1][k]) for k in snapshots[0])
+    optimizer_steps = {int(s["step"]) for s in run.optimizer.state_dict()["state"].values()}
+    assert optimizer_steps == {3}
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    skipped = {event.step: event.value for event in accumulator.Scalars("train/nonfinite_skipped")}
+    assert skipped == {1: 0.0, 2: 1.0, 3: 1.0, 4: 1.0}
+    assert checkpoint_of(tmp_path)["skipped"] == 1
+
+
+def test_skip_stops_after_too_many_non_finite_steps_in_a_row(
+    compose_tiny: ComposeConfig, tmp_path: Path
+) -> None:
+    run = build(
+        compose_tiny(
+            "trainer.nonfinite=skip",
+            "trainer.max_nonfinite_in_a_row=3",
+            "dataset.noise=nan",
+            "dataset.train_size=40",
+        ),
+        tmp_path,
+    )
+    with pytest.raises(NonFiniteLossError) as raised:
+        fit(run)
+    message = str(raised.value)
+    assert "3 steps in a row" in message and "step 3" in message
+    assert all(f"'{name}'" in message for name in run.tasks)
+    assert "no checkpoint had been written yet" in message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def checkpoint_of(folder: Path) -> dict[str, Any]:
+    return checkpoint.load(folder / "checkpoints" / "last.pt")
+
+
+def test_a_rerun_into_a_finished_run_folder_trains_nothing(
+    finished: FinishedRun, compose_tiny: ComposeConfig
+) -> None:
+    """A sweep re-run: the job's folder already holds its final metrics."""
+    before = (finished.folder / "checkpoints" / "last.pt").read_bytes()
+    events_before = sorted(finished.folder.glob("events.out.tfevents.*"))
+    again = build(compose_tiny(*FINISHED_OVERRIDES), finished.folder)
+    assert fit(again) == finished.metrics
+    assert (finished.folder / "checkpoints" / "last.pt").read_bytes() == before
+    assert sorted(finished.folder.glob("events.out.tfevents.*")) == events_before
+
+
+def test_a_rerun_into_an_unfinished_run_folder_resumes_from_its_checkpoint(
+    compose_tiny: ComposeConfig, tmp_path: Path
+) -> None:
+    """A requeued or re-run job finds its own checkpoint and continues: 1 epoch, then the
+    same folder with 2 epochs == 2 epochs straight. TensorBoard hides the events past the
+    resumed step, so no curve has two values at one step."""
+    chosen = (*RANDOM_TRAINING, "scheduler=cosine")
+    straight = train(compose_tiny, tmp_path / "straight", *chosen, "trainer.epochs=2")
+    train(compose_tiny, tmp_path / "again", *chosen, "trainer.epochs=1")
+    resumed = train(compose_tiny, tmp_path / "again", *chosen, "trainer.epochs=2")
+    assert resumed.run.resume is not None
+    assert_same_weights(state(resumed.run), state(straight.run))
+    assert without_time(resumed.metrics) == without_time(straight.metrics)
+    accumulator = EventAccumulator(str(tmp_path / "again"))
+    accumulator.Reload()
+    steps = [event.step for event in accumulator.Scalars("train/loss/cls")]
+    assert steps == sorted(set(steps)) == list(range(1, int(straight.metrics["step"]) + 1))

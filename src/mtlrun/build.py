@@ -184,7 +184,7 @@ def build(
         scheduler=scheduler,
         output_dir=output_dir,
         loggers=[
-            TensorBoardLogger(output_dir, purge_step=resume.content["step"] if resume else None)
+            TensorBoardLogger(output_dir, purge_step=resume.content["step"] + 1 if resume else None)
         ],
         console=console or Console(trainer.progress),
         monitor=monitor,

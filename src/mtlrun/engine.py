@@ -88,7 +88,7 @@ class Progress:
 
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches done in the current epoch
-    step: int = 0  # training steps taken (skipped non-finite steps included)
+    step: int = 0  # training steps taken (skipped non-finite steps included); logs count from 1
     best: float | None = None  # best value of the monitored metric so far
     metrics: dict[str, float] = field(default_factory=dict)  # latest val metrics
     skipped: int = 0  # steps skipped for a non-finite loss (trainer.nonfinite=skip)
@@ -183,13 +183,16 @@ def train_epoch(
     task_parameters = model.task_parameters()
     model.train()
     run.console.start_epoch(epoch, trainer.epochs, run.data.num_train_batches(), progress.batch)
+    buffers = BufferSnapshot(model) if trainer.nonfinite == "skip" else None
     window_start, window_images = time.perf_counter(), 0
     for batch in run.data.train_batches(epoch, start=progress.batch):
         images = prepare_images(batch["image"], trainer)
+        if buffers is not None:
+            buffers.take()
         features, losses = forward_losses(run, images, batch["targets"])
         loss_vector = torch.stack(list(losses.values())).detach()
         weights: dict[str, Tensor] | None = None  # none when the step is skipped
-        if trainer.nonfinite == "stop" or not skip_nonfinite(run, progress, loss_vector):
+        if buffers is None or not skip_nonfinite(run, progress, loss_vector, buffers):
             every = trainer.relations_every_n_steps
             if every > 0 and (progress.step + 1) % every == 0:
                 log_relations(run, losses, shared_parameters, progress.step + 1)
@@ -201,7 +204,7 @@ def train_epoch(
                 task_parameters=task_parameters,
             )
             weights = update(run, losses, context)
-            guard.observe(loss_vector, progress.step)
+            guard.observe(loss_vector, progress.step + 1)
         progress.step += 1
         progress.batch += 1
         window_images += len(images)
@@ -243,14 +246,35 @@ def update(run: Run, losses: dict[str, Tensor], context: StepContext) -> dict[st
     return weights
 
 
-def skip_nonfinite(run: Run, progress: Progress, loss_vector: Tensor) -> bool:
-    """With `trainer.nonfinite=skip`: whether to drop this step's update (a loss is NaN/inf).
+class BufferSnapshot:
+    """The model's buffers (BatchNorm running statistics) as they were before a forward pass,
+    so that a skipped step leaves no trace of its batch in them either."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.buffers = list(model.buffers())
+        self.copies = [buffer.clone() for buffer in self.buffers]
+
+    def take(self) -> None:
+        for copy, buffer in zip(self.copies, self.buffers, strict=True):
+            copy.copy_(buffer)
+
+    def restore(self) -> None:
+        for copy, buffer in zip(self.copies, self.buffers, strict=True):
+            buffer.copy_(copy)
+
+
+def skip_nonfinite(
+    run: Run, progress: Progress, loss_vector: Tensor, buffers: BufferSnapshot
+) -> bool:
+    """With `trainer.nonfinite=skip`: whether to drop this step's update (a loss is NaN/inf);
+    if so, the buffers the forward pass changed are put back.
 
     Costs one host synchronisation per step, the price of deciding before the update.
     """
     if bool(torch.isfinite(loss_vector).all()):
         progress.skipped_in_a_row = 0
         return False
+    buffers.restore()
     progress.skipped += 1
     progress.skipped_in_a_row += 1
     if progress.skipped_in_a_row >= run.trainer.max_nonfinite_in_a_row:
@@ -258,7 +282,7 @@ def skip_nonfinite(run: Run, progress: Progress, loss_vector: Tensor) -> bool:
         bad = [name for name, ok in zip(run.tasks, finite, strict=True) if not ok]
         raise NonFiniteLossError(
             f"the loss of task(s) {bad} was NaN/inf for {progress.skipped_in_a_row} steps in a "
-            f"row up to step {progress.step}; stopped, {progress.checkpoint_note()}. Lower "
+            f"row up to step {progress.step + 1}; stopped, {progress.checkpoint_note()}. Lower "
             "optimizer.lr, set trainer.grad_clip, or check the tasks' targets"
         )
     return True
