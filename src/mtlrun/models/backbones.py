@@ -7,20 +7,16 @@ features between task networks after each stage (cross-stitch) rely on this spli
 """
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from mtlrun.errors import UserError
+from mtlrun.models.decoders import ASPPNeck, FPNNeck, conv_bn_relu
 
-
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+__all__ = ["Backbone", "ConvNet", "ResNet", "ResNet18", "conv_bn_relu"]
 
 
 class Backbone(nn.Module):
@@ -78,32 +74,130 @@ class ConvNet(Backbone):
         self.stride = 2 ** (len(channels) - 1)
 
 
-class ResNet18(Backbone):
-    """torchvision's ResNet-18 up to its last stage (512 channels).
+RESNET_BUILDERS = {
+    18: (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    34: (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+}
+NECKS = ("none", "fpn", "aspp")
+
+
+class ImageNetNormalize(nn.Module):
+    """(x - mean) / std with ImageNet's channel statistics, which pretrained weights expect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+
+class ResNet(Backbone):
+    """torchvision's ResNet-18, -34 or -50 as five stages (stem, layer1..layer4) and a neck.
+
+    The stages are the torchvision network's own modules, taken in order (as torchvision's
+    feature extractors do), so cross-stitch sharing can mix their outputs.
 
     Args:
-        pretrained: load torchvision's ImageNet weights from the local torch hub cache;
-            nothing is downloaded.
-        small_input: use a 3x3 stride-1 stem without max-pool (stride 8 instead of 32),
-            as is usual for images of 32-64 pixels.
+        depth: 18, 34 or 50.
+        pretrained: load torchvision's ImageNet weights (IMAGENET1K_V1) from the local torch
+            hub cache, nothing is downloaded; inputs are then normalised with ImageNet's
+            channel statistics inside the stem.
+        small_input: use a 3x3 stride-1 stem without max-pool (natural stride 8 instead of
+            32), as is usual for images of 32-64 pixels.
+        output_stride: the stride of the last stage: the natural one (null), or half or a
+            quarter of it, reached by replacing the strides of layer4 (and layer3) with
+            dilated convolutions (Chen et al., "DeepLab", TPAMI 2018; Yu & Koltun, "Dilated
+            Residual Networks", CVPR 2017), so dense tasks see finer features.
+        neck: what the heads read: `none` (the last stage), `fpn` (a feature pyramid over
+            layer1..layer4 merged at layer1's stride, see `FPNNeck`) or `aspp` (atrous
+            spatial pyramid pooling on the last stage, see `ASPPNeck`).
+        neck_channels: channels of the fpn / aspp output.
+        aspp_rates: dilation rates of `aspp`; null = 96 / stride x (1, 2, 3), i.e. DeepLabV3's
+            (6, 12, 18) at output stride 16 and (12, 24, 36) at 8.
     """
 
-    def __init__(self, pretrained: bool = False, small_input: bool = True) -> None:
+    def __init__(
+        self,
+        depth: int = 18,
+        pretrained: bool = False,
+        small_input: bool = False,
+        output_stride: int | None = None,
+        neck: str = "none",
+        neck_channels: int = 128,
+        aspp_rates: list[int] | None = None,
+    ) -> None:
         super().__init__()
-        network = torchvision.models.resnet18(weights=None)
-        if pretrained:
-            network.load_state_dict(
-                _cached_weights(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+        if depth not in RESNET_BUILDERS or neck not in NECKS:
+            raise UserError(
+                f"backbone.depth must be one of {list(RESNET_BUILDERS)} and backbone.neck one "
+                f"of {list(NECKS)}; got depth={depth}, neck={neck}"
             )
+        builder, weights = RESNET_BUILDERS[depth]
+        network = builder(weights=None)
+        if pretrained:
+            network.load_state_dict(_cached_weights(weights))
         if small_input:
             network.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
             network.maxpool = nn.Identity()
-        stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
-        self.stages = nn.ModuleList(
-            [stem, network.layer1, network.layer2, network.layer3, network.layer4]
-        )
-        self.out_channels = 512
-        self.stride = 8 if small_input else 32
+        stem: list[nn.Module] = [ImageNetNormalize()] if pretrained else []
+        stem += [network.conv1, network.bn1, network.relu, network.maxpool]
+        layers = [network.layer1, network.layer2, network.layer3, network.layer4]
+        self.stages = nn.ModuleList([nn.Sequential(*stem), *layers])
+        natural = 8 if small_input else 32
+        self.stride = output_stride or natural
+        dilated = {natural: 0, natural // 2: 1, natural // 4: 2}.get(self.stride)
+        if dilated is None:
+            raise UserError(
+                f"backbone.output_stride must be null, {natural}, {natural // 2} or "
+                f"{natural // 4} (small_input={small_input}), got {output_stride}"
+            )
+        dilate_last_layers(layers, dilated)
+        widths = [layer[-1].conv1.in_channels for layer in layers]  # block output channels
+        self.decoder: nn.Module | None = None
+        self.out_channels = widths[-1]
+        if neck == "fpn":
+            self.decoder = FPNNeck(widths, neck_channels)
+            self.out_channels = neck_channels
+            self.stride = natural // 8  # layer1's stride
+        elif neck == "aspp":
+            rates = aspp_rates or [96 // self.stride * factor for factor in (1, 2, 3)]
+            self.decoder = ASPPNeck(widths[-1], neck_channels, list(rates))
+            self.out_channels = neck_channels
+
+    def neck(self, stage_outputs: list[Tensor]) -> Tensor:
+        if isinstance(self.decoder, FPNNeck):
+            return self.decoder(stage_outputs[1:])
+        if self.decoder is not None:
+            return self.decoder(stage_outputs[-1])
+        return stage_outputs[-1]
+
+
+class ResNet18(ResNet):
+    """ResNet-18 with the small-input stem by default (see `ResNet`)."""
+
+    def __init__(self, pretrained: bool = False, small_input: bool = True, **options: Any) -> None:
+        super().__init__(18, pretrained=pretrained, small_input=small_input, **options)
+
+
+def dilate_last_layers(layers: list[nn.Sequential], count: int) -> None:
+    """Turn the stride-2 convolutions of the last `count` residual layers into stride 1 and
+    dilate their 3x3 convolutions instead: the first block of a layer keeps the dilation of
+    the layer before it, later blocks double it (as torchvision's
+    `replace_stride_with_dilation`, which only supports bottleneck blocks, does)."""
+    dilation = 1
+    for layer in layers[len(layers) - count :]:
+        previous, dilation = dilation, dilation * 2
+        for position, block in enumerate(layer):
+            rate = previous if position == 0 else dilation
+            for module in block.modules():
+                if not isinstance(module, nn.Conv2d):
+                    continue
+                module.stride = (1, 1)
+                if module.kernel_size == (3, 3):
+                    module.dilation, module.padding = (rate, rate), (rate, rate)
 
 
 def _cached_weights(weights: torchvision.models.WeightsEnum) -> dict[str, Tensor]:
