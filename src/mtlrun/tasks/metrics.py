@@ -72,3 +72,40 @@ class Mean:
 
     def compute(self) -> float:
         return float(self.total / self.count) if self.total is not None and self.count else 0.0
+
+
+class Histogram:
+    """Counts of values in `bins` equal bins over [low, high] (values outside are clamped to
+    the end bins); quantiles come out to within one bin width without keeping the values, so
+    a median over millions of pixels costs constant memory and no host sync per batch."""
+
+    def __init__(self, low: float, high: float, bins: int) -> None:
+        self.low, self.high, self.bins = low, high, bins
+        self.counts: Tensor | None = None
+
+    def reset(self) -> None:
+        self.counts = None
+
+    def update(self, values: Tensor) -> None:
+        scaled = (values.detach().double().flatten() - self.low) / (self.high - self.low)
+        index = (scaled * self.bins).long().clamp(0, self.bins - 1)
+        counts = torch.bincount(index, minlength=self.bins)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def quantile(self, fraction: float) -> float:
+        """The value below which `fraction` of the counted values lie, interpolated
+        linearly within its bin; 0.0 when nothing was counted."""
+        if self.counts is None:
+            return 0.0
+        counts = self.counts.double().cpu()
+        total = float(counts.sum())
+        if total == 0:
+            return 0.0
+        below = torch.cumsum(counts, 0)
+        wanted = fraction * total
+        bin_index = int(torch.searchsorted(below, torch.tensor([wanted], dtype=torch.float64)))
+        bin_index = min(bin_index, self.bins - 1)
+        before = float(below[bin_index - 1]) if bin_index > 0 else 0.0
+        inside = (wanted - before) / max(float(counts[bin_index]), 1.0)
+        width = (self.high - self.low) / self.bins
+        return self.low + (bin_index + inside) * width

@@ -1,0 +1,107 @@
+"""`landmarks`: regression of a fixed set of key points (e.g. the five facial landmarks)."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtlrun.data import DatasetInfo
+from mtlrun.errors import UserError
+from mtlrun.tasks.base import Direction, Task
+
+
+class LandmarksTask(Task):
+    """Pooled features -> MLP -> (x, y) of each of K points, as fractions of the image's
+    width and height; L1 loss on those fractions.
+
+    The target is FloatTensor[B, K, 2] of (x, y) pixels; the point names come from the
+    dataset (`info.class_names[target]`). Metrics (lower-better): `nme`, the mean distance
+    between predicted and true points divided by the distance between the two reference
+    points `normalise_by` (the eyes: the inter-ocular normalised mean error of face
+    alignment, Sagonas et al., "300 Faces in-the-Wild Challenge", ICCV-W 2013), averaged
+    over images; and `error_px`, the mean distance in pixels.
+
+    Args:
+        hidden: width of the hidden layer; 0 = a single linear layer.
+        normalise_by: indices of the two points whose distance normalises `nme`.
+    """
+
+    metric_directions = {"nme": Direction.MIN, "error_px": Direction.MIN}
+    main_metric = "nme"
+
+    def __init__(
+        self,
+        name: str,
+        info: DatasetInfo,
+        in_channels: int,
+        stride: int,
+        target: str = "landmarks",
+        hidden: int = 128,
+        normalise_by: tuple[int, int] | list[int] = (0, 1),
+    ) -> None:
+        super().__init__(name, target, info)
+        points = list(info.class_names.get(target) or [])
+        if not points:
+            raise UserError(
+                f"task '{name}' needs the names of the points of target '{target}', which "
+                f"dataset '{info.name}' does not give"
+            )
+        if len(normalise_by) != 2 or not all(0 <= i < len(points) for i in normalise_by):
+            raise UserError(
+                f"tasks.{name}.normalise_by must be two point indices in 0..{len(points) - 1}, "
+                f"got {list(normalise_by)}"
+            )
+        self.num_points = len(points)
+        self.normalise_by = list(normalise_by)
+        height, width = info.image_size
+        self.scale = torch.tensor([float(width), float(height)])
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if hidden > 0:
+            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Linear(hidden if hidden > 0 else in_channels, 2 * len(points)),
+            nn.Unflatten(1, (len(points), 2)),
+        ]
+        self.head = nn.Sequential(*layers)
+        self.reset_metrics()
+
+    def _pixels(self, output: Tensor) -> Tensor:
+        return output.float() * self.scale.to(output.device)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.l1_loss(output.float(), target.float() / self.scale.to(target.device))
+
+    def reset_metrics(self) -> None:
+        self.sums: Tensor | None = None  # (normalised error sum, pixel error sum, images)
+
+    def update_metrics(self, output: Tensor, target: Tensor) -> None:
+        target = target.float()
+        distances = (self._pixels(output) - target).norm(dim=-1)  # (B, K)
+        first, second = self.normalise_by
+        reference = (target[:, first] - target[:, second]).norm(dim=-1).clamp(min=1e-6)
+        sums = torch.stack(
+            [
+                (distances.mean(1) / reference).sum(),
+                distances.mean(1).sum(),
+                distances.new_tensor(len(distances)),
+            ]
+        ).double()
+        self.sums = sums if self.sums is None else self.sums + sums
+
+    def compute_metrics(self) -> dict[str, float]:
+        if self.sums is None:
+            return {"nme": 0.0, "error_px": 0.0}
+        normalised, pixels, images = self.sums.tolist()
+        images = max(images, 1.0)
+        return {"nme": normalised / images, "error_px": pixels / images}
+
+    def pictures(self, images: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Each image with its true points (green) and predicted points (red)."""
+        from torchvision.utils import draw_keypoints, make_grid
+
+        drawn = []
+        for image, predicted, truth in zip(images, self._pixels(output), target, strict=True):
+            canvas = (image.float().clamp(0, 1).cpu() * 255).round().to(torch.uint8)
+            canvas = draw_keypoints(canvas, truth[None].float().cpu(), colors="lime", radius=1)
+            canvas = draw_keypoints(canvas, predicted[None].cpu(), colors="red", radius=1)
+            drawn.append(canvas.float() / 255)
+        return {"truth_vs_prediction": make_grid(torch.stack(drawn), nrow=len(drawn), padding=1)}
