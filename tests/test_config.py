@@ -13,6 +13,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from fakes import fake_data_overrides
 from mtlrun.build import build
 from mtlrun.cli import GROUPS, config_dir
 from mtlrun.engine import Run, TrainerConfig
@@ -65,8 +66,10 @@ def test_config_file_composes_and_builds(
     group: str, option: str, compose_tiny: ComposeConfig, tmp_path: Path
 ) -> None:
     """`build` instantiates the option into a run (of the class its `_target_` names) whose
-    model runs on a batch."""
-    cfg: DictConfig = compose_tiny(selection(group, option))
+    model runs on a batch. Options that need real data files read small fakes of them."""
+    overrides = [selection(group, option)]
+    overrides += fake_data_overrides(compose_tiny, overrides, tmp_path)
+    cfg: DictConfig = compose_tiny(*overrides)
     run: Run = build_and_forward(cfg, tmp_path)
     built = {
         "backbone": lambda: run.model.backbone,
