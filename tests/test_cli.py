@@ -154,6 +154,19 @@ BAD_INPUTS: dict[str, BadInput] = {
     "unknown-trainer-key": BadInput(["+trainer.foo=1"], ["trainer.foo"]),
     "wrong-trainer-type": BadInput(["trainer.epochs=abc"], ["trainer.epochs", "abc"]),
     "unknown-task-setting": BadInput(["+tasks.cls.foo=1"], ["tasks.cls", "foo"]),
+    "unknown-optimizer-key": BadInput(["+optimizer.lrr=1"], ["optimizer.lrr", "lr"]),
+    "wrong-optimizer-type": BadInput(["optimizer.lr=fast"], ["optimizer.lr", "fast"]),
+    "wrong-dataset-type": BadInput(["dataset.image_size=big"], ["dataset.image_size", "big"]),
+    "wrong-list-element": BadInput(["backbone.channels=[8,x]"], ["backbone.channels", "x"]),
+    "override-of-missing-key": BadInput(["optimizer.lrr=1"], ["optimizer.lrr", "+"]),
+    "malformed-override": BadInput(["tasks=[cls"], ["tasks=[cls", "quote"]),
+    "dangling-interpolation": BadInput(["trainer.seed=${nowhere}"], ["nowhere"]),
+    "deleted-group": BadInput(["~optimizer"], ["optimizer"]),
+    "task-that-is-not-a-node": BadInput(["tasks.cls=3"], ["tasks.cls", "_target_"]),
+    "unknown-nonfinite-mode": BadInput(["trainer.nonfinite=ignore"], ["trainer.nonfinite", "skip"]),
+    "negative-checkpoint-cadence": BadInput(
+        ["trainer.checkpoint_every_n_steps=-1"], ["trainer.checkpoint_every_n_steps", ">= 0"]
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtlrun import checkpoint
+from mtlrun import checkpoint, schema
 from mtlrun.console import Console
 from mtlrun.engine import Run, TrainerConfig
 from mtlrun.errors import UserError
@@ -18,6 +18,8 @@ from mtlrun.loggers import TensorBoardLogger
 from mtlrun.models.multitask import MultiTaskModel
 from mtlrun.tasks import Direction, Task
 from mtlrun.weighting import Weighting
+
+REQUIRED_GROUPS = ("backbone", "weighting", "dataset", "optimizer", "scheduler", "trainer")
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
@@ -56,8 +58,16 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
 def make(path: str, node: DictConfig, **runtime: Any) -> Any:
     """Instantiate a config node, calling a partial with the runtime arguments.
 
-    A value the class rejects (wrong type, out of range) becomes one line naming the node.
+    The node's keys and value types are first checked against the class's signature (an
+    unknown key or a wrong type names the key); a value the class itself rejects (out of
+    range) becomes one line naming the node.
     """
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise UserError(
+            f"{path} must be a config node naming its class with _target_, got {node!r}; "
+            f"pick one of the options in conf/{path.split('.')[0]}/"
+        )
+    schema.check(path, node, frozenset(runtime))
     try:
         made = instantiate(node)
         return made(**runtime) if runtime else made
@@ -102,6 +112,12 @@ def build(
         choices: the config-group options picked (for the hparams table), if known.
         console: where progress goes; one is made from `trainer.progress` if not given.
     """
+    missing = [group for group in REQUIRED_GROUPS if cfg.get(group) is None]
+    if missing:
+        raise UserError(
+            f"the config has no {', '.join(missing)}; select an option of each "
+            "(e.g. optimizer=adam), do not delete them with ~"
+        )
     trainer = trainer_config(cfg)
     task_names = list(cfg.get("tasks") or {})
     if not task_names:

@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun.errors import UserError
 from mtlrun.preemption import Preempted
@@ -65,26 +66,33 @@ def train(cfg: DictConfig) -> float | None:
     except Preempted as stop:
         print(f"mtlrun: {stop}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None  # as if the signal had ended the process
-    except UserError as error:
+    except (UserError, OmegaConfBaseException) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        fail(str(error))
+        fail(str(error) if isinstance(error, UserError) else one_line(error))
     return None
 
 
-def check_group_options(arguments: list[str]) -> None:
-    """Answer an unknown config-group option with one line listing the choices.
+def check_arguments(arguments: list[str]) -> None:
+    """Answer bad overrides with one line before Hydra starts.
 
-    Hydra reports these itself, but over several lines; this catches the common case before
-    Hydra starts. Anything this cannot parse is left to Hydra.
+    Hydra reports malformed overrides, unknown options and keys itself, but over several
+    lines. This parses the overrides, checks config-group options (listing the choices) and,
+    for a single run, composes the config once, turning any failure into one line.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in arguments if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # Hydra gives its own message for malformed overrides
-        return
+    overrides = [a for a in arguments if ("=" in a or a.startswith("~")) and a[0] != "-"]
+    parser = OverridesParser.create()
+    parsed = []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as error:  # Hydra's OverrideParseException, over several lines
+            fail(
+                f"cannot parse the override {override!r} ({one_line(error)}); quote list "
+                "overrides in the shell, e.g. 'tasks=[cls,seg]'"
+            )
     root = config_dir()
     for override in parsed:
         group = override.key_or_group
@@ -96,6 +104,33 @@ def check_group_options(arguments: list[str]) -> None:
         for option in _options(override):
             if option not in available:
                 fail(f"unknown {group} '{option}'; choose from: {', '.join(available)}")
+    if "-m" not in arguments and "--multirun" not in arguments:
+        compose_once([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+
+
+def compose_once(overrides: list[str]) -> None:
+    """Compose the config as Hydra will; a failure (an unknown key, a bad interpolation,
+    a value of the wrong kind) ends as one line."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            composed = compose("config", overrides=overrides)
+        OmegaConf.to_container(composed, resolve=True)  # interpolations that lead nowhere
+    except Exception as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fail(one_line(error))
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages, without their detail lines and hints,
+    led by the config key they are about."""
+    lines = [line.strip() for line in str(error).splitlines() if line and not line[0].isspace()]
+    kept = [line for line in lines if not line.startswith(("Set the environment", "See http"))]
+    message = " ".join(kept) or type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key and not message.startswith(str(key)) else message
 
 
 def _options(override) -> list[str]:
@@ -113,7 +148,7 @@ def _options(override) -> list[str]:
 
 
 def main() -> None:
-    check_group_options(sys.argv[1:])
+    check_arguments(sys.argv[1:])
     train()
 
 
