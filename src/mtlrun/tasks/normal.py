@@ -78,7 +78,7 @@ class NormalTask(Task):
         valid = valid_pixels(target)
         cosine = (output.float() * target.float()).sum(dim=1)
         # clamp: a batch without valid pixels gives loss 0, not 0/0
-        return 1.0 - torch.where(valid, cosine, 0.0).sum() / valid.sum().clamp(min=1)
+        return torch.where(valid, 1.0 - cosine, 0.0).sum() / valid.sum().clamp(min=1)
 
     def reset_metrics(self) -> None:
         self.sums: Tensor | None = None  # (angle sum, pixels, pixels within each threshold)
