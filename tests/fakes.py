@@ -121,10 +121,11 @@ def write_cityscapes(
     return root
 
 
-def write_celeba(root: Path, partition: tuple[int, ...] = (0, 0, 0, 0, 1, 1, 2)) -> Path:
+def write_celeba(root: Path, partition: tuple[int, ...] = (0, 0, 0, 0, 1, 1, 2, 2)) -> Path:
     """root/celeba/ as torchvision reads it: img_align_celeba/{000001..}.jpg (178 x 218) and
     the five annotation files; `partition` gives each image's split (0 train, 1 valid,
-    2 test). Attribute j of image i is 1 when (i + j) is even, else -1."""
+    2 test; torchvision cannot read a split of a single image). Attribute j of image i is 1
+    when (i + j) is even, else -1."""
     folder = root / "celeba"
     images = folder / "img_align_celeba"
     images.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@ The construction of Sener & Koltun, "Multi-Task Learning as Multi-Objective Opti
 NeurIPS 2018 (after Sabour, Frosst & Hinton 2017): each MNIST image is the *left* digit; a
 second, randomly chosen image of the same split is the *right* digit. On a 36 x 36 canvas the
 left digit fills rows and columns 0..27, the right one 6..33, overlapping pixels take the
-brighter value, and the canvas is resized to 28 x 28 (nearest). The partner of every image
-is fixed by `seed`, so the dataset is the same in every run.
+brighter value, and the canvas is resized to 28 x 28 (nearest neighbour, sampled at pixel
+centres as PIL does). The partner of every image is fixed by `seed`, so the dataset is the
+same in every run.
 
 MNIST is read by `torchvision.datasets.MNIST` (nothing is downloaded), from
 
@@ -45,9 +46,9 @@ def overlay(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     canvas[:side, :side] = left
     window = canvas[SHIFT : SHIFT + side, SHIFT : SHIFT + side]
     canvas[SHIFT : SHIFT + side, SHIFT : SHIFT + side] = torch.maximum(window, right)
-    return F.interpolate(canvas[None, None].float(), size=(side, side), mode="nearest")[0, 0].to(
-        torch.uint8
-    )
+    return F.interpolate(canvas[None, None].float(), size=(side, side), mode="nearest-exact")[
+        0, 0
+    ].to(torch.uint8)
 
 
 class MultiMNISTSplit(Dataset):

@@ -1,0 +1,55 @@
+"""The `landmarks` task: output shape, L1 loss on image fractions, and the normalised mean
+error on a hand-computed case."""
+
+import pytest
+import torch
+
+from mtlrun.data import DatasetInfo
+from mtlrun.errors import UserError
+from mtlrun.tasks.landmarks import LandmarksTask
+
+POINTS = ["left_eye", "right_eye", "nose"]
+INFO = DatasetInfo(
+    name="faces",
+    image_size=(20, 40),  # height 20, width 40
+    targets=frozenset({"landmarks"}),
+    class_names={"landmarks": POINTS},
+)
+# One face: eyes 10 px apart; the prediction misses the nose by 5 px (3 across, 4 down).
+TARGET = torch.tensor([[[10.0, 5.0], [20.0, 5.0], [15.0, 10.0]]])
+PREDICTED_PX = torch.tensor([[[10.0, 5.0], [20.0, 5.0], [18.0, 14.0]]])
+PREDICTED = PREDICTED_PX / torch.tensor([40.0, 20.0])  # the head predicts fractions of (W, H)
+
+
+def make(**settings: object) -> LandmarksTask:
+    return LandmarksTask("landmarks", INFO, in_channels=6, stride=1, **settings)
+
+
+def test_nme_divides_the_mean_point_error_by_the_eye_distance() -> None:
+    task = make()
+    task.update_metrics(PREDICTED, TARGET)
+    metrics = task.compute_metrics()
+    assert metrics["error_px"] == pytest.approx(5 / 3)
+    assert metrics["nme"] == pytest.approx(5 / 3 / 10)
+
+
+def test_loss_is_l1_on_fractions_of_the_image() -> None:
+    loss = make().loss(PREDICTED, TARGET)
+    assert loss.item() == pytest.approx((3 / 40 + 4 / 20) / 6)
+
+
+def test_head_gives_one_point_per_name() -> None:
+    assert make().head(torch.rand(2, 6, 3, 3)).shape == (2, 3, 2)
+
+
+def test_pictures_draw_on_the_images() -> None:
+    two = make().pictures(
+        torch.zeros(2, 3, 20, 40), PREDICTED.repeat(2, 1, 1), TARGET.repeat(2, 1, 1)
+    )["truth_vs_prediction"]
+    assert two.shape == (3, 22, 83)  # a row of two images, 1 px padding
+    assert two.sum() > 0  # the points are drawn on black images
+
+
+def test_reference_points_must_exist() -> None:
+    with pytest.raises(UserError, match="normalise_by"):
+        make(normalise_by=[0, 5])
