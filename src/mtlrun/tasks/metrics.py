@@ -86,11 +86,18 @@ class Histogram:
     def reset(self) -> None:
         self.counts = None
 
-    def update(self, values: Tensor) -> None:
-        scaled = (values.detach().double().flatten() - self.low) / (self.high - self.low)
+    def update(self, values: Tensor, weights: Tensor | None = None) -> None:
+        """Count `values`; with `weights` (0 / 1 or integer counts, same shape) each value
+        counts that many times, so masked-out values are skipped without indexing (which
+        would make the host wait for the device)."""
+        values = values.detach().flatten()
+        scaled = (values.double() - self.low) / (self.high - self.low)
         index = (scaled * self.bins).long().clamp(0, self.bins - 1)
-        counts = torch.bincount(index, minlength=self.bins)
-        self.counts = counts if self.counts is None else self.counts + counts
+        counts = self.counts
+        if counts is None:
+            counts = torch.zeros(self.bins, dtype=torch.long, device=values.device)
+        amounts = torch.ones_like(index) if weights is None else weights.flatten().long()
+        self.counts = counts.index_add(0, index, amounts)
 
     def quantile(self, fraction: float) -> float:
         """The value below which `fraction` of the counted values lie, interpolated

@@ -20,13 +20,11 @@ def valid_pixels(target: Tensor) -> Tensor:
 
 
 def angle_errors(predicted: Tensor, target: Tensor) -> Tensor:
-    """Angles in degrees between predicted and target normals at the valid pixels (1-D).
-
-    Both are normalised first, so only directions count.
-    """
-    valid = valid_pixels(target)
+    """Angles in degrees between predicted and target normals, (B, H, W); meaningful at the
+    valid pixels only (see `valid_pixels`). Both are normalised first, so only directions
+    count."""
     cosine = (F.normalize(predicted.float(), dim=1) * F.normalize(target.float(), dim=1)).sum(1)
-    return torch.rad2deg(torch.acos(cosine[valid].clamp(-1.0, 1.0)))
+    return torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
 
 
 class NormalHead(nn.Module):
@@ -85,11 +83,14 @@ class NormalTask(Task):
         self.histogram.reset()
 
     def update_metrics(self, output: Tensor, target: Tensor) -> None:
+        # Masks weight the sums rather than select pixels: selecting would sync the host.
+        valid = valid_pixels(target)
         angles = angle_errors(output, target).double()
-        within = [(angles < threshold).sum() for threshold in THRESHOLDS]
-        sums = torch.stack([angles.sum(), angles.new_tensor(angles.numel()), *within]).double()
+        within = [(valid & (angles < threshold)).sum() for threshold in THRESHOLDS]
+        sums = torch.stack([torch.where(valid, angles, 0.0).sum(), valid.sum(), *within])
+        sums = sums.double()
         self.sums = sums if self.sums is None else self.sums + sums
-        self.histogram.update(angles)
+        self.histogram.update(angles, weights=valid)
 
     def compute_metrics(self) -> dict[str, float]:
         values = self.sums.tolist() if self.sums is not None else [0.0] * (2 + len(THRESHOLDS))
