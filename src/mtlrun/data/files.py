@@ -122,6 +122,8 @@ class FileData:
             raise UserError(f"dataset.num_workers must be >= 0, got {num_workers}")
         self.train_count = _limit(len(train), train_size, "dataset.train_size")  # type: ignore[arg-type]
         self.val_count = _limit(len(val), val_size, "dataset.val_size")  # type: ignore[arg-type]
+        if self.val_count < 1:
+            raise UserError(f"dataset '{info.name}' has no validation samples")
         if self.train_count < batch_size:
             raise UserError(
                 f"dataset '{info.name}' has {self.train_count} training samples, fewer than "
