@@ -163,6 +163,25 @@ def test_plan_without_tasks_override_uses_the_composed_tasks() -> None:
     ]
 
 
+def compose_with_hydra(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("search", ["optimizer", "weighting"])
+def test_hparams_searches_maximise_with_optuna(search: str) -> None:
+    sweeper = compose_with_hydra(f"{HPARAMS_SEARCH}={search}").hydra.sweeper
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    assert sweeper.direction == "maximize" and sweeper.params
+
+
+def test_stl_vs_mtl_selects_its_sweeper_and_the_report_callback() -> None:
+    hydra = compose_with_hydra("experiment=stl_vs_mtl").hydra
+    assert hydra.sweeper._target_.endswith("SingleVsMultiTaskSweeper")
+    assert [c._target_ for c in hydra.callbacks.values()] == ["mtlrun.sweeps.ReportAtSweepEnd"]
+    assert hydra.mode.name == "MULTIRUN"
+
+
 def test_stl_vs_mtl_on_joblib_runs_two_jobs_at_once_and_reports(sweeps: dict[str, Sweep]):
     result = sweeps["joblib"].finish()
     sweep = sweeps["joblib"].folder
