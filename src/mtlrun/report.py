@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ class RunRecord:
     @property
     def tasks(self) -> list[str]:
         return list(self.config.get("tasks") or {})
+
+
+Labeller = Callable[[RunRecord], str]  # how the report names a run
 
 
 @dataclass
@@ -205,7 +209,9 @@ def comparable_settings(run: RunRecord, task: str) -> dict[str, Any]:
     return settings
 
 
-def find_baseline(run: RunRecord, task: str, candidates: list[RunRecord], label: Any) -> Baseline:
+def find_baseline(
+    run: RunRecord, task: str, candidates: list[RunRecord], label: Labeller
+) -> Baseline:
     """The single-task run of `task` whose settings are closest to `run`'s (ideally equal).
 
     Args:
@@ -262,8 +268,8 @@ def compare(run: RunRecord, baselines: list[Baseline], include_loss: bool) -> Ro
             reference = baseline.run.metrics.get(key)
             if direction is None:
                 row.notes.append(
-                    f"{key} left out of Δm: its direction is unknown (the task class declares "
-                    "no class-level metric_directions for it)"
+                    f"{key} left out of Δm: its direction is unknown (declare it in the "
+                    "class-level metric_directions of the task's class)"
                 )
             elif not isinstance(reference, int | float) or reference == 0:
                 row.notes.append(f"{key} left out of Δm: the baseline has no non-zero value")
@@ -284,7 +290,7 @@ def common_overrides(runs: list[RunRecord]) -> list[str]:
     return [override for override in runs[0].overrides if override in shared]
 
 
-def make_label(output_dir: Path) -> Any:
+def make_label(output_dir: Path) -> Labeller:
     """A function naming a run by its folder relative to `output_dir` (or the cwd)."""
 
     def label(run: RunRecord) -> str:
@@ -324,7 +330,7 @@ def build_report(
             baselines = [find_baseline(run, task, candidates, label) for task in run.tasks]
             row = compare(run, baselines, include_loss)
         else:
-            row = Row(run, "", notes=["single-task run (a baseline)"])
+            row = Row(run, "")  # a single-task run: a baseline, no Δm of its own
         row.label = label(run)
         rows.append(row)
     columns: list[str] = []
