@@ -1,5 +1,7 @@
 """Turn a composed config into a `Run`. The only module that calls `hydra.utils.instantiate`."""
 
+import math
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,32 @@ def make(path: str, node: DictConfig, **runtime: Any) -> Any:
         raise UserError(f"{path}: {reason} (check the values under '{path}')") from error
 
 
+def check_schedule(node: DictConfig, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+    """Step a copy of the schedule through the whole run on a stand-in optimizer, so that
+    settings which only fail later (a zero period, say) fail now, before training."""
+    stand_in = torch.optim.SGD(
+        [torch.zeros(1, requires_grad=True)], lr=optimizer.param_groups[0]["lr"]
+    )
+    schedule = make("scheduler", node, optimizer=stand_in)
+    try:
+        with warnings.catch_warnings():  # stepping without optimizer steps is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(epochs):
+                schedule.step()
+    except (ArithmeticError, ValueError, TypeError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"scheduler: {reason} when stepped through {epochs} epochs "
+            "(check the values under 'scheduler')"
+        ) from error
+    learning_rates = [group["lr"] for group in stand_in.param_groups]
+    if not all(math.isfinite(rate) and rate >= 0 for rate in learning_rates):
+        raise UserError(
+            f"scheduler: the learning rate becomes {learning_rates[0]} within {epochs} epochs "
+            "(check the values under 'scheduler')"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,6 +154,10 @@ def build(
         )
     # A checkpoint named by `resume=`, or one the run folder already holds (a re-run sweep
     # job, a requeued job); read and verified now, so a bad one stops the run before it starts.
+    if not isinstance(cfg.get("resume"), str | None):
+        raise UserError(
+            f"resume must be a path (a run folder or a .pt file) or null, got {cfg.resume!r}"
+        )
     resume = checkpoint.find_resume(cfg.get("resume"), output_dir, trainer.keep_checkpoints)
     device = resolve_device(trainer.device)
     if trainer.threads > 0:
@@ -168,6 +200,7 @@ def build(
     optimizer = make(
         "optimizer", cfg.optimizer, params=[*model.parameters(), *weighting.parameters()]
     )
+    check_schedule(cfg.scheduler, optimizer, trainer.epochs)
     scheduler = make("scheduler", cfg.scheduler, optimizer=optimizer)
 
     directions: dict[str, Direction] = {}
