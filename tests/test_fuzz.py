@@ -11,9 +11,8 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from processes import Finished
-
 from mtlrun.cli import config_dir
+from processes import Finished
 
 COMBINATIONS = 220
 SEED = 20261124
