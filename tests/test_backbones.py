@@ -27,14 +27,15 @@ def assert_shape(network: ResNet, output: torch.Tensor, channels: int, stride: i
     assert output.shape == (2, channels, HEIGHT // stride, BREADTH // stride)
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50])
-@pytest.mark.parametrize("output_stride", [None, 16, 8])
+@pytest.mark.parametrize(
+    ("depth", "output_stride"), [(18, None), (18, 16), (18, 8), (34, None), (50, None), (50, 8)]
+)
 def test_dilation_sets_the_output_stride(depth: int, output_stride: int | None) -> None:
     network = ResNet(depth, output_stride=output_stride)
     assert_shape(network, features(network), WIDTH[depth], output_stride or 32)
 
 
-@pytest.mark.parametrize(("depth", "output_stride"), [(18, 8), (50, 4), (34, 2)])
+@pytest.mark.parametrize(("depth", "output_stride"), [(18, 2), (50, 4)])
 def test_small_input_stem_with_dilation(depth: int, output_stride: int) -> None:
     network = ResNet(depth, small_input=True, output_stride=output_stride)
     assert_shape(network, features(network), WIDTH[depth], output_stride)
