@@ -7,6 +7,7 @@ Faults (the n-th time the point is reached, counted from 1):
     eval              inside an evaluation, at its first batch
     checkpoint-write  half-way through writing a checkpoint's temporary file
     checkpoint-rotate after last.pt was rotated to last.1.pt, before the new last.pt is in
+    rank-1-error      (under torchrun) rank 1 alone raises a user error inside a step
 
 SIGKILL cannot be caught, so the process ends exactly there, as under the OOM killer or a
 node failure. The faults wrap mtlrun's own functions; nothing in mtlrun knows about them.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from mtlrun import checkpoint, cli, engine
+from mtlrun.errors import UserError
 
 
 def die() -> None:
@@ -65,6 +67,13 @@ def plant(fault: str, count: int) -> None:
 
         original_save = torch.save
         torch.save = on_call(count, half_file, torch.save)
+    elif fault == "rank-1-error":
+
+        def planted_error(*args: Any) -> None:
+            raise UserError("planted failure of rank 1")
+
+        if os.environ.get("RANK") == "1":
+            engine.update = on_call(count, planted_error, engine.update)
     elif fault == "checkpoint-rotate":
         rotations = 0
         original_replace = os.replace

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun import checkpoint, schema
 from mtlrun.console import Console
+from mtlrun.distributed import STRATEGIES, start, synchronise_batch_norm
 from mtlrun.engine import Run, TrainerConfig
 from mtlrun.errors import UserError
 from mtlrun.loggers import TensorBoardLogger
@@ -48,7 +49,11 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
     for key, lowest in at_least.items():
         if getattr(trainer, key) < lowest:
             raise UserError(f"trainer.{key} must be >= {lowest}, got {getattr(trainer, key)}")
-    choices = {"progress": ("auto", "bar", "plain", "none"), "nonfinite": ("stop", "skip")}
+    choices = {
+        "progress": ("auto", "bar", "plain", "none"),
+        "nonfinite": ("stop", "skip"),
+        "strategy": STRATEGIES,
+    }
     for key, allowed in choices.items():
         if getattr(trainer, key) not in allowed:
             raise UserError(
@@ -152,6 +157,11 @@ def build(
         raise UserError(
             "no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'"
         )
+    device = resolve_device(trainer.device)
+    distributed = start(trainer.strategy, device.type == "cuda")
+    if distributed.enabled:
+        device = distributed.device()
+        output_dir = distributed.share(output_dir)  # rank 0's run folder, for every rank
     # A checkpoint named by `resume=`, or one the run folder already holds (a re-run sweep
     # job, a requeued job); read and verified now, so a bad one stops the run before it starts.
     if not isinstance(cfg.get("resume"), str | None):
@@ -159,7 +169,6 @@ def build(
             f"resume must be a path (a run folder or a .pt file) or null, got {cfg.resume!r}"
         )
     resume = checkpoint.find_resume(cfg.get("resume"), output_dir, trainer.keep_checkpoints)
-    device = resolve_device(trainer.device)
     if trainer.threads > 0:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(trainer.seed)
@@ -170,6 +179,8 @@ def build(
         batch_size=trainer.batch_size,
         shuffle_seed=trainer.seed,
         device=device,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
     )
     backbone = make("backbone", cfg.backbone)
     tasks: dict[str, Task] = {
@@ -194,6 +205,10 @@ def build(
         needs_task_parameters="task_parameters" in weighting.requires(),
     ).to(device)
     check_model_fits(model, weighting, trainer, str(cfg.model.get("sharing")))
+    if distributed.enabled:
+        weighting.check_data_parallel()
+        model = synchronise_batch_norm(model, distributed)
+        distributed.copy_from_main(model)  # every rank starts from rank 0's weights
     if trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     weighting.to(device)
@@ -219,7 +234,9 @@ def build(
             f"choose one of: {', '.join(directions)}"
         )
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    purge_step = resume.content["step"] + 1 if resume else None
     return Run(
         trainer=trainer,
         device=device,
@@ -232,15 +249,15 @@ def build(
         optimizer=optimizer,
         scheduler=scheduler,
         output_dir=output_dir,
-        loggers=[
-            TensorBoardLogger(output_dir, purge_step=resume.content["step"] + 1 if resume else None)
-        ],
-        console=console or Console(trainer.progress),
+        # Rank 0 alone logs and prints.
+        loggers=[TensorBoardLogger(output_dir, purge_step)] if distributed.is_main else [],
+        console=console or Console(trainer.progress if distributed.is_main else "none"),
         monitor=monitor,
         directions=directions,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         hparams=hparams(cfg, task_names, choices or {}),
         resume=resume,
+        distributed=distributed,
     )
 
 

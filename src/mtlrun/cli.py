@@ -6,6 +6,7 @@ for the traceback.
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -43,19 +44,22 @@ def config_dir() -> Path:
 
 
 def fail(message: str) -> None:
-    print(f"mtlrun: error: {message}", file=sys.stderr, flush=True)
+    rank = f"rank {os.environ['RANK']}: " if "WORLD_SIZE" in os.environ else ""
+    print(f"mtlrun: error: {rank}{message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def train(cfg: DictConfig) -> float | None:
     """Hydra task function: returns the monitored metric, for sweepers to optimise."""
+    from torch.distributed import DistError
+
     from mtlrun.build import build
     from mtlrun.console import Console
     from mtlrun.engine import fit
 
     try:
-        console = Console(str(cfg.trainer.get("progress", "auto")))
+        console = Console("none" if is_secondary_process() else str(cfg.trainer.get("progress")))
         console.print_config(cfg)
         hydra_config = HydraConfig.get()
         run = build(
@@ -70,7 +74,20 @@ def train(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(str(error) if isinstance(error, UserError) else one_line(error))
+    except DistError as error:  # a collective failed: another process is gone
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fail(
+            f"lost contact with the other training processes ({one_line(error)[:160]}); the "
+            "process that failed first printed why"
+        )
     return None
+
+
+def is_secondary_process() -> bool:
+    """Whether this is a torchrun worker other than global rank 0 (known from the
+    environment torchrun sets, before any process group exists)."""
+    return "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0"
 
 
 def check_arguments(arguments: list[str]) -> None:
@@ -149,7 +166,19 @@ def _options(override) -> list[str]:
 
 def main() -> None:
     check_arguments(sys.argv[1:])
-    train()
+    if not is_secondary_process():
+        train()
+        return
+    # Under torchrun only rank 0 writes the run folder (build shares its path with the
+    # others); the other ranks let Hydra write into a scratch folder, without log files.
+    with tempfile.TemporaryDirectory(prefix="mtlrun-rank-") as scratch:
+        sys.argv += [
+            f"hydra.run.dir={scratch}",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
+        train()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from torchvision.utils import make_grid
 from mtlrun import checkpoint
 from mtlrun.console import Console
 from mtlrun.data import DataSource
+from mtlrun.distributed import Distributed
 from mtlrun.errors import NonFiniteLossError, OutputWriteError, UserError
 from mtlrun.loggers import Logger
 from mtlrun.models.multitask import MultiTaskModel
@@ -56,6 +57,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     nonfinite: str = "stop"
     max_nonfinite_in_a_row: int = 10
+    strategy: str = "single"
     relations_every_n_steps: int = 0
 
 
@@ -80,6 +82,7 @@ class Run:
     config_yaml: str
     hparams: dict[str, Any]
     resume: checkpoint.Resume | None = None
+    distributed: Distributed = field(default_factory=Distributed)
 
 
 @dataclass
@@ -105,16 +108,19 @@ class NonFiniteGuard:
     """Remembers, on the device, the first step at which each task's loss was not finite,
     so the hot path never waits for the host; `check` raises at log steps and epoch ends."""
 
-    def __init__(self, task_names: list[str], device: torch.device) -> None:
+    def __init__(
+        self, task_names: list[str], device: torch.device, distributed: Distributed | None = None
+    ) -> None:
         self.task_names = task_names
         self.first_bad_step = torch.full((len(task_names),), -1, dtype=torch.long, device=device)
+        self.distributed = distributed or Distributed()
 
     def observe(self, losses: Tensor, step: int) -> None:
         bad = ~torch.isfinite(losses.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, step, self.first_bad_step)
 
     def check(self, progress: Progress) -> None:
-        steps = self.first_bad_step.tolist()
+        steps = self.distributed.max(self.first_bad_step).tolist()  # every rank stops alike
         for name, step in zip(self.task_names, steps, strict=True):
             if step >= 0:
                 raise NonFiniteLossError(
@@ -137,7 +143,7 @@ def fit(run: Run) -> dict[str, float]:
         return finished
     progress = restore(run, run.resume) if run.resume else Progress()
     started = time.perf_counter()
-    guard = NonFiniteGuard(list(run.tasks), run.device)
+    guard = NonFiniteGuard(list(run.tasks), run.device, run.distributed)
     evaluated = False
     try:
         with PreemptionWatch() as watch:
@@ -149,13 +155,14 @@ def fit(run: Run) -> dict[str, float]:
                     progress.epoch == trainer.epochs
                     or progress.epoch % trainer.eval_every_n_epochs == 0
                 ):
-                    progress.metrics = evaluate(run, progress.step)
+                    progress.metrics = evaluate_on_main(run, progress.step)
                     evaluated = True
                     run.console.log_eval(epoch, progress.metrics)
                 save_checkpoints(run, progress, guard, at_epoch_end=True)
-                stop_if_preempted(run, progress, watch)
+                if run.distributed.any(watch.requested):
+                    stop_for_preemption(run, progress, watch)
         if not evaluated:  # resumed from a finished run: report its metrics afresh
-            progress.metrics = evaluate(run, progress.step)
+            progress.metrics = evaluate_on_main(run, progress.step)
         wall_s = round(time.perf_counter() - started, 3)
         final = {
             **progress.metrics,
@@ -163,13 +170,15 @@ def fit(run: Run) -> dict[str, float]:
             "step": progress.step,
             "wall_s": wall_s,
         }
-        write_json(run.output_dir / "metrics.json", final)
+        if run.distributed.is_main:
+            write_json(run.output_dir / "metrics.json", final)
         for logger in run.loggers:
             logger.log_hparams(run.hparams, progress.metrics)
     finally:
         run.console.close()
         for logger in run.loggers:
             logger.close()
+        run.distributed.close()
     run.console.summary(final, run.directions, run.output_dir)
     return final
 
@@ -202,6 +211,7 @@ def train_epoch(
                 step=progress.step,
                 epoch=epoch,
                 task_parameters=task_parameters,
+                average=run.distributed.average,
             )
             weights = update(run, losses, context)
             guard.observe(loss_vector, progress.step + 1)
@@ -218,9 +228,11 @@ def train_epoch(
             window_start, window_images = time.perf_counter(), 0
         last_batch = progress.batch == run.data.num_train_batches()
         every = trainer.checkpoint_every_n_steps
-        if not last_batch and (watch.requested or (every > 0 and progress.step % every == 0)):
+        preempted = run.distributed.any(watch.requested)  # all ranks stop at the same step
+        if not last_batch and (preempted or (every > 0 and progress.step % every == 0)):
             save_checkpoints(run, progress, guard, at_epoch_end=False)
-            stop_if_preempted(run, progress, watch)
+            if preempted:
+                stop_for_preemption(run, progress, watch)
     guard.check(progress)
 
 
@@ -233,16 +245,20 @@ def forward_losses(
         losses = {
             name: task.loss(outputs[name], targets[task.target]) for name, task in run.tasks.items()
         }
-    return features, losses
+    return features, run.distributed.global_loss_values(losses)
 
 
 def update(run: Run, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
     """The weighting turns the losses into gradients; one optimizer step follows."""
     run.optimizer.zero_grad(set_to_none=True)
     weights = run.weighting.backward(losses, context)
+    if run.distributed.enabled:
+        trained = [*run.model.parameters(), *run.weighting.parameters()]
+        run.distributed.average_gradients([p for p in trained if p.requires_grad])
     if run.trainer.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.trainer.grad_clip)
     run.optimizer.step()
+    run.distributed.copy_from_main(run.weighting)  # the method's own state, alike everywhere
     return weights
 
 
@@ -271,7 +287,7 @@ def skip_nonfinite(
 
     Costs one host synchronisation per step, the price of deciding before the update.
     """
-    if bool(torch.isfinite(loss_vector).all()):
+    if not run.distributed.any(not bool(torch.isfinite(loss_vector).all())):
         progress.skipped_in_a_row = 0
         return False
     buffers.restore()
@@ -414,21 +430,21 @@ def save_checkpoints(
         "metrics": progress.metrics,
         "skipped": progress.skipped,
         "skipped_in_a_row": progress.skipped_in_a_row,
-        "rng": checkpoint.capture_rng(),
+        "rng": run.distributed.gather(checkpoint.capture_rng()),  # one state per rank
         "config": run.config_yaml,
     }
     folder = run.output_dir / "checkpoints"
-    checkpoint.save(content, folder / checkpoint.LAST, keep=run.trainer.keep_checkpoints)
     progress.saved_to = folder / checkpoint.LAST
+    if not run.distributed.is_main:
+        return
+    checkpoint.save(content, folder / checkpoint.LAST, keep=run.trainer.keep_checkpoints)
     if improved:
         checkpoint.save(content, folder / checkpoint.BEST)
 
 
-def stop_if_preempted(run: Run, progress: Progress, watch: PreemptionWatch) -> None:
+def stop_for_preemption(run: Run, progress: Progress, watch: PreemptionWatch) -> None:
     """After a preemption signal (the checkpoint is saved by now): hand over to the
     scheduler's own handler, if one was installed (submitit requeues), then stop."""
-    if not watch.requested:
-        return
     run.console.close()
     watch.hand_over()
     raise Preempted(
@@ -468,7 +484,7 @@ def restore(run: Run, resume: checkpoint.Resume) -> Progress:
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(content["epoch"]):
             run.scheduler.step()
-    checkpoint.restore_rng(content["rng"])
+    restore_rng(run, content["rng"])
     for note in resume.notes:
         run.console.note(note)
     run.console.note(
@@ -485,6 +501,24 @@ def restore(run: Run, resume: checkpoint.Resume) -> Progress:
         skipped_in_a_row=content["skipped_in_a_row"],
         saved_to=resume.path,
     )
+
+
+def restore_rng(run: Run, states: list[dict[str, Any]]) -> None:
+    """Each rank continues its own random streams; with another number of processes than
+    the checkpoint was made with, all continue rank 0's (resume is then not exact)."""
+    rank, count = run.distributed.rank, run.distributed.world_size
+    if len(states) != count:
+        run.console.note(
+            f"the checkpoint was made by {len(states)} process(es), this run has {count}: "
+            "random streams continue from rank 0's"
+        )
+    checkpoint.restore_rng(states[rank] if len(states) == count else states[0])
+
+
+def evaluate_on_main(run: Run, step: int) -> dict[str, float]:
+    """Rank 0 evaluates on the whole validation split; every rank gets its metrics."""
+    metrics = evaluate(run, step) if run.distributed.is_main else None
+    return run.distributed.share(metrics)
 
 
 def finished_metrics(output_dir: Path, epochs: int) -> dict[str, float] | None:
@@ -507,7 +541,8 @@ def log_relations(
     for logger in run.loggers:
         logger.log_scalars(relations.scalars(), step)
         logger.log_images({"relations/gradient_cosine": relations.heatmap()}, step)
-    write_json(run.output_dir / "relations.json", relations.to_json())
+    if run.distributed.is_main:
+        write_json(run.output_dir / "relations.json", relations.to_json())
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ from typing import Any, Protocol
 
 import torch
 
+from mtlrun.errors import UserError
+
 Batch = dict[str, Any]
 
 
@@ -50,3 +52,15 @@ def move_batch(value: Any, device: torch.device) -> Any:
     if isinstance(value, dict):
         return {key: move_batch(item, device) for key, item in value.items()}
     return value
+
+
+def shard(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The [start, stop) positions of the `rank`-th of `world_size` equal slices of a global
+    batch, for data-parallel training (every rank sees its own images of each batch)."""
+    if batch_size % world_size:
+        raise UserError(
+            f"trainer.batch_size={batch_size} (the global batch) must divide evenly over "
+            f"{world_size} processes; pick a multiple of {world_size}"
+        )
+    per_rank = batch_size // world_size
+    return rank * per_rank, (rank + 1) * per_rank

@@ -131,6 +131,7 @@ class CelebAData(FileData):
         batch_size: faces per batch (runtime argument).
         shuffle_seed: seed of the training order (runtime argument).
         device: where batches go (runtime argument).
+        rank, world_size: this process's share of each training batch (runtime arguments).
     """
 
     def __init__(
@@ -147,6 +148,8 @@ class CelebAData(FileData):
         batch_size: int = 256,
         shuffle_seed: int = 0,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if val_split not in SPLITS[1:]:
             raise UserError(f"dataset.val_split must be valid or test, got '{val_split}'")
@@ -186,4 +189,6 @@ class CelebAData(FileData):
             batch_size=batch_size,
             shuffle_seed=shuffle_seed,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )

@@ -108,6 +108,7 @@ class CityscapesData(FileData):
         batch_size: images per batch (runtime argument).
         shuffle_seed: seed of the training order (runtime argument).
         device: where batches go (runtime argument).
+        rank, world_size: this process's share of each training batch (runtime arguments).
     """
 
     def __init__(
@@ -123,6 +124,8 @@ class CityscapesData(FileData):
         batch_size: int = 8,
         shuffle_seed: int = 0,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if classes not in CLASS_NAMES:
             raise UserError(f"dataset.classes must be 7 or 19, got {classes}")
@@ -148,4 +151,6 @@ class CityscapesData(FileData):
             batch_size=batch_size,
             shuffle_seed=shuffle_seed,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from mtlrun.data.base import Batch, DatasetInfo, move_batch
+from mtlrun.data.base import Batch, DatasetInfo, move_batch, shard
 from mtlrun.data.transforms import JointAugmentation, Sample, resize, square_or_pair
 from mtlrun.errors import UserError
 
@@ -100,6 +100,8 @@ class FileData:
         batch_size: images per batch (runtime argument).
         shuffle_seed: seed of the training order and augmentation (runtime argument).
         device: where batches go (runtime argument).
+        rank, world_size: under data-parallel training, this process reads the `rank`-th
+            of `world_size` equal slices of every training batch (runtime arguments).
     """
 
     def __init__(
@@ -116,6 +118,8 @@ class FileData:
         batch_size: int,
         shuffle_seed: int,
         device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         size = square_or_pair(image_size, "dataset.image_size")
         if num_workers < 0:
@@ -133,6 +137,7 @@ class FileData:
         self.train = PreparedSamples(train, size, augment if augment and augment.steps else None)
         self.val = PreparedSamples(val, size, None)
         self.batch_size = batch_size
+        self.share = shard(batch_size, rank, world_size)
         self.shuffle_seed = shuffle_seed
         self.num_workers = num_workers
         self.device = torch.device(device)
@@ -159,18 +164,24 @@ class FileData:
         order, seeds = self.indices("train", epoch)
         begin, end = start * self.batch_size, self.num_train_batches() * self.batch_size
         keys = list(zip(order[begin:end], seeds[begin:end], strict=True))
-        yield from self._batches(self.train, keys)
+        low, high = self.share  # this process's slice of every (global) batch
+        mine = [
+            key for position, key in enumerate(keys) if low <= position % self.batch_size < high
+        ]
+        yield from self._batches(self.train, mine, high - low)
 
     def val_batches(self) -> Iterator[Batch]:
         order, seeds = self.indices("val")
-        yield from self._batches(self.val, list(zip(order, seeds, strict=True)))
+        yield from self._batches(self.val, list(zip(order, seeds, strict=True)), self.batch_size)
 
-    def _batches(self, samples: PreparedSamples, keys: list[tuple[int, int]]) -> Iterator[Batch]:
+    def _batches(
+        self, samples: PreparedSamples, keys: list[tuple[int, int]], batch_size: int
+    ) -> Iterator[Batch]:
         if not keys:
             return
         loader = DataLoader(
             samples,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=keys,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",

@@ -101,6 +101,7 @@ class MultiMNISTData(FileData):
         batch_size: images per batch (runtime argument).
         shuffle_seed: seed of the training order (runtime argument).
         device: where batches go (runtime argument).
+        rank, world_size: this process's share of each training batch (runtime arguments).
     """
 
     def __init__(
@@ -116,6 +117,8 @@ class MultiMNISTData(FileData):
         batch_size: int = 256,
         shuffle_seed: int = 0,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         folder = str(require_folder(root, "multi_mnist", LAYOUT, SOURCE))
         train = MultiMNISTSplit(folder, train=True, seed=seed)
@@ -140,4 +143,6 @@ class MultiMNISTData(FileData):
             batch_size=batch_size,
             shuffle_seed=shuffle_seed,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )

@@ -91,6 +91,7 @@ class NYUv2Data(FileData):
         batch_size: scenes per batch (runtime argument).
         shuffle_seed: seed of the training order (runtime argument).
         device: where batches go (runtime argument).
+        rank, world_size: this process's share of each training batch (runtime arguments).
     """
 
     def __init__(
@@ -105,6 +106,8 @@ class NYUv2Data(FileData):
         batch_size: int = 2,
         shuffle_seed: int = 0,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         folder = require_folder(root, "nyuv2", LAYOUT, SOURCE)
         train, val = NYUv2Split(folder, "train"), NYUv2Split(folder, "val")
@@ -127,4 +130,6 @@ class NYUv2Data(FileData):
             batch_size=batch_size,
             shuffle_seed=shuffle_seed,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )

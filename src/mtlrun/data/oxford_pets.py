@@ -118,6 +118,7 @@ class OxfordPetsData(FileData):
         batch_size: photographs per batch (runtime argument).
         shuffle_seed: seed of the training order (runtime argument).
         device: where batches go (runtime argument).
+        rank, world_size: this process's share of each training batch (runtime arguments).
     """
 
     def __init__(
@@ -132,6 +133,8 @@ class OxfordPetsData(FileData):
         batch_size: int = 32,
         shuffle_seed: int = 0,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if image_size is None:
             raise UserError(
@@ -163,4 +166,6 @@ class OxfordPetsData(FileData):
             batch_size=batch_size,
             shuffle_seed=shuffle_seed,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )

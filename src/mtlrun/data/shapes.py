@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from mtlrun.data.base import Batch, DatasetInfo
+from mtlrun.data.base import Batch, DatasetInfo, shard
 from mtlrun.errors import UserError
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
@@ -80,9 +80,11 @@ class ShapesData:
         max_size: largest object radius as a fraction of the image side.
         noise: standard deviation of the background's per-pixel noise.
         seed: the data's seed; the images do not depend on the training seed.
-        batch_size: images per batch (runtime argument).
+        batch_size: images per (global) batch (runtime argument).
         shuffle_seed: seed of the training order, mixed with the epoch (runtime argument).
         device: where batches are generated (runtime argument).
+        rank, world_size: this process's share of each training batch under data-parallel
+            training: the `rank`-th of `world_size` equal slices (runtime arguments).
     """
 
     def __init__(
@@ -100,6 +102,8 @@ class ShapesData:
         batch_size: int = 64,
         shuffle_seed: int = 0,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         shapes = list(shapes)
         unknown = [name for name in shapes if name not in SHAPE_NAMES]
@@ -128,6 +132,7 @@ class ShapesData:
         self.max_size = max_size
         self.seed = seed
         self.batch_size = batch_size
+        self.share = slice(*shard(batch_size, rank, world_size))
         self.shuffle_seed = shuffle_seed
         self.device = torch.device(device)
         # Noise textures come from an ordinary generator on the CPU, so they are the same
@@ -154,7 +159,7 @@ class ShapesData:
         order = torch.randperm(self.train_size, generator=generator).to(self.device)
         for batch_index in range(start, self.num_train_batches()):
             begin = batch_index * self.batch_size
-            yield self.generate("train", order[begin : begin + self.batch_size])
+            yield self.generate("train", order[begin : begin + self.batch_size][self.share])
 
     def val_batches(self) -> Iterator[Batch]:
         for begin in range(0, self.val_size, self.batch_size):

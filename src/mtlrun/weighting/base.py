@@ -16,6 +16,7 @@ part), hands them over as one [T, P] matrix and writes the combination back.
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -27,6 +28,11 @@ from mtlrun.errors import UserError
 # Losses are floored here before a logarithm or a division, so that a loss of exactly zero
 # (a solved task) gives a zero weight change instead of inf/NaN.
 LOSS_FLOOR = 1e-8
+
+
+def _alone(tensor: Tensor) -> Tensor:
+    """The mean over one process: the tensor itself."""
+    return tensor
 
 
 @dataclass
@@ -41,6 +47,8 @@ class StepContext:
         task_parameters: each task's task-specific parameters of identical shape across
             tasks (per-task adapters or backbones), in the same order for every task;
             empty when the model has none (hard sharing without adapters).
+        average: the mean of a tensor over all data-parallel processes (the identity in a
+            single process); per-task gradients pass through it before they are combined.
     """
 
     shared_parameters: list[nn.Parameter]
@@ -48,6 +56,7 @@ class StepContext:
     step: int
     epoch: int = 0
     task_parameters: dict[str, list[nn.Parameter]] = field(default_factory=dict)
+    average: Callable[[Tensor], Tensor] = _alone
 
 
 class Weighting(nn.Module, ABC):
@@ -75,6 +84,10 @@ class Weighting(nn.Module, ABC):
         """What the method needs the model to offer in its `StepContext`:
         "shared_parameters" and/or "task_parameters" (non-empty); `build` checks it."""
         return set()
+
+    def check_data_parallel(self) -> None:
+        """Raise `UserError` if the method cannot train data-parallel (trainer.strategy=ddp);
+        every method can unless it says otherwise."""
 
     def check_task_keys(self, setting: str, mapping: dict[str, object]) -> None:
         """Reject settings that name tasks the run does not have."""
@@ -157,7 +170,7 @@ class GradientWeighting(Weighting):
             parameters = context.shared_parameters
             if self._sizes is None:
                 self._sizes = [parameter.numel() for parameter in parameters]
-            grads = parameter_gradients(task_losses, parameters, sum(self._sizes))
+            grads = context.average(parameter_gradients(task_losses, parameters, sum(self._sizes)))
             self.row_shape = grads.shape[1:]
             with torch.no_grad():
                 combined, weights = self.combine(grads)
@@ -170,6 +183,16 @@ class GradientWeighting(Weighting):
 
     def requires(self) -> set[str]:
         return {"shared_parameters"} if self.on == "parameters" else set()
+
+    def check_data_parallel(self) -> None:
+        # Feature gradients are per sample, and each rank holds only its own samples, so a
+        # combination of them would differ from rank to rank.
+        if self.on == "features":
+            raise UserError(
+                f"weighting.on=features cannot train data-parallel ({type(self).__name__} "
+                "would combine each rank's own samples differently); use weighting.on="
+                "parameters with trainer.strategy=ddp"
+            )
 
     def count_failure(self, failed: bool | Tensor) -> None:
         """Count one failed or inaccurate solve (a host bool or a device bool tensor; adding
