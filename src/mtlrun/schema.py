@@ -17,6 +17,7 @@ from typing import Any, Union
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor
 
 from mtlrun.errors import UserError
 
@@ -88,8 +89,8 @@ def _omegaconf_type(hint: Any) -> Any:
         candidates = {_omegaconf_type(member) for member in members}
         if len(candidates) == 1:  # one type, or the same list written as list | tuple
             (chosen,) = candidates
-        elif len(plain) == 1:  # `float | Tensor` (torch's learning rates): a float in a config
-            chosen = plain[0]
+        elif len(plain) == 1 and all(member is Tensor for member in members if member not in plain):
+            chosen = plain[0]  # `float | Tensor` (torch's learning rates): a float in a config
         else:
             return Any
         if chosen is Any:
