@@ -52,6 +52,9 @@ class GradNorm(Weighting):
         self.register_buffer("exp_avg_sq", torch.zeros(count))
         self.register_buffer("adam_steps", torch.zeros(()))
 
+    def requires(self) -> set[str]:
+        return {"shared_parameters"}  # the gradient norms are taken on the last shared layer
+
     def backward(self, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
         task_losses = [losses[name] for name in self.task_names]
         weights = self.weights.clone()  # this step's weights, before the update below
