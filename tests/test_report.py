@@ -19,6 +19,8 @@ from mtlrun.tasks import Direction
 TARGETS = {
     "cls": "mtlrun.tasks.classification.ClassificationTask",  # acc ↑, f1 ↑
     "depth": "mtlrun.tasks.depth.DepthTask",  # abs_err ↓, rel_err ↓
+    "gen": "mtlrun.tasks.generation.GenerationTask",  # psnr ↑, kl ↓ (declared by the class)
+    "det": "mtlrun.tasks.detection.DetectionTask",  # map ↑, ap50/<class> ↑ (as ap50)
     "odd": "nowhere.UnknownTask",  # a class that cannot be imported: directions unknown
 }
 
@@ -221,3 +223,23 @@ def test_bad_folders_are_one_line_errors(
     assert line.startswith("mtlrun-report: error:")
     for word in named:
         assert word in line
+
+
+def test_every_task_types_metrics_count(tmp_path: Path) -> None:
+    """Task types whose exact metric keys depend on their settings (a VAE's kl, one AP per
+    detection class) still declare every metric's direction on the class; per-class
+    metrics stay out of Δm, so each task weighs by its summary metrics."""
+    write_run(tmp_path / "0", {"val/gen/psnr": 20.0, "val/gen/kl": 2.0})
+    write_run(tmp_path / "1", {"val/det/map": 0.5, "val/det/ap50/circle": 0.8})
+    together = {
+        "val/gen/psnr": 22.0,  # +10%
+        "val/gen/kl": 3.0,  # lower is better: -50%
+        "val/det/map": 0.55,  # +10%
+        "val/det/ap50/circle": 0.6,  # per class: not counted
+    }
+    write_run(tmp_path / "2", together)
+    report = build_report([tmp_path])
+    (row,) = [row for row in report.rows if row.label == "2"]
+    assert report.directions["val/gen/kl"] == Direction.MIN
+    assert report.directions["val/det/map"] == Direction.MAX
+    assert row.delta_m == pytest.approx((10 - 50 + 10) / 3)

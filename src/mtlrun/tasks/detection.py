@@ -219,6 +219,9 @@ class DetectionTask(Task):
         draw_threshold: lowest score of predicted boxes drawn in pictures.
     """
 
+    # Metric families, for readers that do not build the task (mtlrun-report reads
+    # `ap50/<class>` as `ap50`); an instance lists its classes' keys.
+    metric_directions = {"map": Direction.MAX, "map50": Direction.MAX, "ap50": Direction.MAX}
     main_metric = "map50"
 
     def __init__(

@@ -67,6 +67,9 @@ class GenerationTask(Task):
     (per image, lower-better).
     """
 
+    # Every metric this task type can report, for readers that do not build the task
+    # (mtlrun-report); an instance narrows it to its variant's metrics.
+    metric_directions = {"psnr": Direction.MAX, "kl": Direction.MIN}
     main_metric = "psnr"
 
     def __init__(

@@ -29,6 +29,9 @@ class MultiLabelTask(Task):
         dropout: dropout before the output layer (with hidden > 0).
     """
 
+    # Metric families, for readers that do not build the task (mtlrun-report reads
+    # `acc/<attribute>` as `acc`); an instance lists its attributes' keys.
+    metric_directions = {"acc": Direction.MAX, "f1": Direction.MAX}
     main_metric = "acc"
 
     def __init__(
