@@ -25,13 +25,6 @@ from mtlrun.sweeps import plan_jobs
 from processes import Finished, Started, run
 
 MTLRUN = str(Path(sys.executable).parent / "mtlrun")
-# `hparams_search=<name>` selects a search once conf/config.yaml lists the group in its
-# defaults; until then the group is added with `+`.
-HPARAMS_SEARCH = (
-    "hparams_search"
-    if "hparams_search" in str(OmegaConf.load(config_dir() / "config.yaml").defaults)
-    else "+hparams_search"
-)
 
 # Records, in each job's folder, the process that ran the job, its torch threads and when
 # it ran: what a launcher did, seen from inside the job.
@@ -116,7 +109,7 @@ def sweeps(
     optuna = Sweep(
         [
             MTLRUN,
-            f"{HPARAMS_SEARCH}=optimizer",
+            f"{'hparams_search'}=optimizer",
             "hydra.sweeper.n_trials=3",
             "tasks=[gen]",
             *one_thread,
@@ -170,7 +163,7 @@ def compose_with_hydra(*overrides: str):
 
 @pytest.mark.parametrize("search", ["optimizer", "weighting"])
 def test_hparams_searches_maximise_with_optuna(search: str) -> None:
-    sweeper = compose_with_hydra(f"{HPARAMS_SEARCH}={search}").hydra.sweeper
+    sweeper = compose_with_hydra(f"{'hparams_search'}={search}").hydra.sweeper
     assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
     assert sweeper.direction == "maximize" and sweeper.params
 

@@ -32,6 +32,7 @@ GROUPS = (
     "scheduler",
     "trainer",
     "experiment",
+    "hparams_search",
 )
 
 

@@ -1,5 +1,6 @@
 """Where scalars, pictures and hyperparameters go: a small protocol and TensorBoard."""
 
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -36,8 +37,18 @@ class TensorBoardLogger:
     @property
     def writer(self) -> SummaryWriter:
         if self._writer is None:
+            if self.purge_step is not None:
+                self._sort_after_earlier_files()
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step)
         return self._writer
+
+    def _sort_after_earlier_files(self) -> None:
+        """TensorBoard reads a folder's event files in name order, and a name starts with the
+        time in whole seconds: a resumed run's file must come after the interrupted run's, so
+        a resume within the same second waits for the next one."""
+        names = sorted(path.name for path in self.log_dir.glob("events.out.tfevents.*"))
+        if names and int(names[-1].split(".")[3]) >= int(time.time()):
+            time.sleep(1.01 - time.time() % 1)
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():
