@@ -7,6 +7,7 @@ outside at random moments. A re-run into the same run folder resumes by itself.
 """
 
 import json
+import os
 import random
 import signal
 import sys
@@ -149,5 +150,74 @@ def test_a_preemption_signal_saves_stops_and_resumes_exactly(
     assert f"resumed from {tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in resumed.stdout
     expected_metrics, expected_model = final_state(reference[0])
     metrics, model = final_state(tmp_path)
+    assert metrics == expected_metrics
+    assert all(torch.equal(model[key], expected_model[key]) for key in model)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started, directly or not, by `pid` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def submitit_job_process(launcher_pid: int, timeout_s: float = 120) -> int:
+    """The pid of the process running the sweep job under submitit's local executor."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in descendants(launcher_pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"submitit.core._submit" in command:
+                return pid
+        time.sleep(0.2)
+    raise AssertionError("no submitit job process appeared")
+
+
+def test_under_submitit_a_preempted_job_requeues_and_resumes_by_itself(
+    reference: tuple[Path, float], tmp_path: Path
+) -> None:
+    """SIGUSR2 (what submitit asks SLURM to send before the time limit) to the running job:
+    it saves a checkpoint, submitit requeues it, and the new attempt continues from the
+    checkpoint in its run folder, ending exactly where the uninterrupted run ends."""
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "mtlrun",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+        *ARGUMENTS,
+    ]
+    process = Started(command, tmp_path)
+    job = submitit_job_process(process.process.pid)
+    deadline = time.monotonic() + 120
+    while not (sweep / "0" / "checkpoints" / "last.pt").exists():  # training has begun
+        assert time.monotonic() < deadline, "the job never wrote a checkpoint"
+        time.sleep(0.05)
+    os.kill(job, signal.SIGUSR2)
+    result = process.finish()
+    assert result.returncode == 0, result.output[-3000:]
+    logs = "".join(path.read_text() for path in sweep.rglob("*_log.*"))
+    assert "Requeued job" in logs, logs[-3000:]
+    assert "resumed from" in logs, logs[-3000:]
+    expected_metrics, expected_model = final_state(reference[0])
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    metrics.pop("wall_s")
+    model = checkpoint.load(sweep / "0" / "checkpoints" / "last.pt")["model"]
     assert metrics == expected_metrics
     assert all(torch.equal(model[key], expected_model[key]) for key in model)
