@@ -137,15 +137,15 @@ def fit(run: Run) -> dict[str, float]:
     not trained again: its metrics are returned as they are.
     """
     trainer = run.trainer
-    finished = finished_metrics(run.output_dir, trainer.epochs)
-    if finished is not None:
-        run.console.note(f"{run.output_dir} already holds a finished run; nothing to do")
-        return finished
-    progress = restore(run, run.resume) if run.resume else Progress()
     started = time.perf_counter()
     guard = NonFiniteGuard(list(run.tasks), run.device, run.distributed)
     evaluated = False
     try:
+        finished = finished_metrics(run.output_dir, trainer.epochs)
+        if finished is not None:
+            run.console.note(f"{run.output_dir} already holds a finished run; nothing to do")
+            return finished
+        progress = restore(run, run.resume) if run.resume else Progress()
         with PreemptionWatch() as watch:
             for epoch in range(progress.epoch, trainer.epochs):
                 train_epoch(run, progress, epoch, guard, watch)
@@ -202,8 +202,8 @@ def train_epoch(
         loss_vector = torch.stack(list(losses.values())).detach()
         weights: dict[str, Tensor] | None = None  # none when the step is skipped
         if buffers is None or not skip_nonfinite(run, progress, loss_vector, buffers):
-            every = trainer.relations_every_n_steps
-            if every > 0 and (progress.step + 1) % every == 0:
+            relations_every = trainer.relations_every_n_steps
+            if relations_every > 0 and (progress.step + 1) % relations_every == 0:
                 log_relations(run, losses, shared_parameters, progress.step + 1)
             context = StepContext(
                 shared_parameters,
@@ -226,10 +226,11 @@ def train_epoch(
                 run, progress, epoch, loss_vector, weights, window_images / max(elapsed, 1e-9)
             )
             window_start, window_images = time.perf_counter(), 0
-        last_batch = progress.batch == run.data.num_train_batches()
-        every = trainer.checkpoint_every_n_steps
+        last_batch = progress.batch == run.data.num_train_batches()  # the epoch end saves
+        checkpoint_every = trainer.checkpoint_every_n_steps
+        checkpoint_due = checkpoint_every > 0 and progress.step % checkpoint_every == 0
         preempted = run.distributed.any(watch.requested)  # all ranks stop at the same step
-        if not last_batch and (preempted or (every > 0 and progress.step % every == 0)):
+        if not last_batch and (preempted or checkpoint_due):
             save_checkpoints(run, progress, guard, at_epoch_end=False)
             if preempted:
                 stop_for_preemption(run, progress, watch)
