@@ -19,8 +19,6 @@ Usage:
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,8 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from speed.common import synchronize
+from weighting import machine_name
 
 from mtlrun.build import build
 from mtlrun.cli import config_dir
@@ -77,11 +77,6 @@ def train_step(run: Run, batch: dict[str, Any], step: int, measure: bool) -> flo
     return time.perf_counter() - started
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_tasks(tasks: int, args: argparse.Namespace, device: str, folder: Path) -> dict:
     run = build_run(tasks, args, device, folder)
     batches = [batch for _, batch in zip(range(2), run.data.train_batches(0), strict=False)]
@@ -105,19 +100,6 @@ def time_tasks(tasks: int, args: argparse.Namespace, device: str, folder: Path) 
         "goal": tasks + 1.0,
         f"overhead_every_{SPREAD_OVER}": (ratio - 1) / SPREAD_OVER,
     }
-
-
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = platform.processor() or platform.machine()
-        cpuinfo = Path("/proc/cpuinfo")
-        if cpuinfo.is_file():
-            models = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-            name = models[0] if models else name
-        name = f"{name}-{os.cpu_count()}cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -168,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} torch thread(s) on {device}; a measured step includes the heatmap, "
         f"the TensorBoard writes and relations.json; total {time.perf_counter() - started:.0f} s"
     )
-    machine, today = machine_name(device), date.today().isoformat()
+    machine, today = machine_name(torch.device(device)), date.today().isoformat()
     content = {
         "machine": machine,
         "date": today,
