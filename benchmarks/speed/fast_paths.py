@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mtlrun.data import Batch, DataSource, move_batch
+from mtlrun.errors import first_line
 from speed.common import (
     Rounds,
     Section,
@@ -144,9 +145,9 @@ def compile_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def error_line(error: Exception) -> str:
     """The error's type, its first line and (where the cause is told last) its last line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
-    told = lines[0][:200] + (f" … {lines[-1][:200]}" if len(lines) > 1 else "")
-    return f"{type(error).__name__}: {told}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = f" … {lines[-1][:200]}" if len(lines) > 1 else ""
+    return f"{type(error).__name__}: {first_line(error)}{last}"
 
 
 class HostMadeData:

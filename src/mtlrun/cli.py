@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtlrun.errors import UserError
+from mtlrun.errors import UserError, first_line
 from mtlrun.preemption import Preempted
 
 # Run folders carry the process id, so runs started in the same microsecond stay apart.
@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(
-            f"lost contact with the other training processes ({one_line(error)[:160]}); the "
+            f"lost contact with the other training processes ({first_line(error, limit=160)}); the "
             "process that failed first printed why"
         )
     return None
@@ -143,10 +143,10 @@ def compose_once(overrides: list[str]) -> None:
 
 def one_line(error: BaseException) -> str:
     """Hydra's and OmegaConf's multi-line messages, without their detail lines and hints,
-    led by the config key they are about."""
+    led by the config key they are about (`first_line` when nothing else is left)."""
     lines = [line.strip() for line in str(error).splitlines() if line and not line[0].isspace()]
     kept = [line for line in lines if not line.startswith(("Set the environment", "See http"))]
-    message = " ".join(kept) or type(error).__name__
+    message = " ".join(kept) or first_line(error)
     key = getattr(error, "full_key", None)
     return f"{key}: {message}" if key and not message.startswith(str(key)) else message
 

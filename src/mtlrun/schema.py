@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
-from mtlrun.errors import UserError
+from mtlrun.errors import UserError, first_line
 
 _PLAIN = (int, float, bool, str)
 
@@ -46,7 +46,7 @@ def check(path: str, node: DictConfig, runtime: frozenset[str] = frozenset()) ->
         OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(values))
     except OmegaConfBaseException as error:
         key = f"{path}.{error.full_key}" if getattr(error, "full_key", None) else path
-        reason = str(error).splitlines()[0]
+        reason = first_line(error)
         accepted = ", ".join(field.name for field in dataclasses.fields(schema))
         raise UserError(f"{key}: {reason}; '{path}' accepts: {accepted}") from error
 
