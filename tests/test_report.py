@@ -1,12 +1,14 @@
 """`mtlrun-report` on hand-made run folders: Δm% signs and directions, baseline matching
 (exact, closest, missing, ambiguous, from --baseline), and the files and errors it writes.
 
-A run folder here holds what a real run leaves: `metrics.json`, `.hydra/config.yaml` and
-`.hydra/overrides.yaml`. Directions come from the real task classes named by `_target_`.
+A run folder here holds what a real run leaves: `metrics.json` (with its `directions` table),
+`.hydra/config.yaml` and `.hydra/overrides.yaml`. The report reads directions from
+`metrics.json` only and never imports the classes the config names.
 """
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,23 @@ from mtlrun.report import build_report, delta_m, main
 from mtlrun.tasks import Direction
 
 TARGETS = {
-    "cls": "mtlrun.tasks.classification.ClassificationTask",  # acc ↑, f1 ↑
-    "depth": "mtlrun.tasks.depth.DepthTask",  # abs_err ↓, rel_err ↓
-    "gen": "mtlrun.tasks.generation.GenerationTask",  # psnr ↑, kl ↓ (declared by the class)
-    "det": "mtlrun.tasks.detection.DetectionTask",  # map ↑, ap50/<class> ↑ (as ap50)
-    "odd": "nowhere.UnknownTask",  # a class that cannot be imported: directions unknown
+    "cls": "mtlrun.tasks.classification.ClassificationTask",
+    "depth": "mtlrun.tasks.depth.DepthTask",
+    "gen": "mtlrun.tasks.generation.GenerationTask",
+    "det": "mtlrun.tasks.detection.DetectionTask",
+    "odd": "nowhere.UnknownTask",  # a module that does not exist
+}
+# What the engine writes as metrics.json's "directions" for these metrics; `odd/score`
+# declares none. A per-class key (`det/ap50/<class>`) is declared by its family.
+DIRECTIONS = {
+    "cls/acc": "max",
+    "cls/f1": "max",
+    "depth/abs_err": "min",
+    "depth/rel_err": "min",
+    "gen/psnr": "max",
+    "gen/kl": "min",
+    "det/map": "max",
+    "det/ap50": "max",
 }
 
 
@@ -32,8 +46,10 @@ def write_run(
     seed: int = 0,
     epochs: int = 1,
     weighting: str = "sum",
+    directions: bool = True,
 ) -> Path:
-    """A finished run of the tasks named in `metrics` (`val/<task>/<metric>` keys)."""
+    """A finished run of the tasks named in `metrics` (`val/<task>/<metric>` keys); without
+    `directions`, as an mtlrun from before metrics.json carried them wrote it."""
     tasks = list(dict.fromkeys(key.split("/")[1] for key in metrics))
     config = {
         "tasks": {task: {"_target_": TARGETS[task], "hidden": 8} for task in tasks},
@@ -48,6 +64,13 @@ def write_run(
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
     content: dict[str, Any] = {**metrics, "epoch": epochs, "step": 10, "wall_s": 1.0}
+    if directions:
+        declared = {**DIRECTIONS, **{f"{task}/loss": "min" for task in tasks}}
+        content["directions"] = {
+            f"val/{name}": direction
+            for name, direction in declared.items()
+            if name.split("/")[0] in tasks
+        }
     (folder / "metrics.json").write_text(json.dumps(content))
     return folder
 
@@ -243,3 +266,49 @@ def test_every_task_types_metrics_count(tmp_path: Path) -> None:
     assert report.directions["val/gen/kl"] == Direction.MIN
     assert report.directions["val/det/map"] == Direction.MAX
     assert row.delta_m == pytest.approx((10 - 50 + 10) / 3)
+
+
+def test_runs_from_before_directions_still_report(tmp_path: Path) -> None:
+    """An older mtlrun wrote no directions: its metrics are shown, left out of Δm, and one
+    note per run says why."""
+    write_run(tmp_path / "0", CLS_ALONE)
+    write_run(tmp_path / "1", DEPTH_ALONE)
+    write_run(tmp_path / "2", TOGETHER, directions=False)
+    write_run(tmp_path / "3", TOGETHER, seed=1)  # a current run beside it: Δm as usual
+    report = build_report([tmp_path])
+    rows = {row.label: row for row in report.rows}
+    assert rows["2"].delta_m is None
+    (note,) = [note for note in rows["2"].notes if "no 'directions'" in note]
+    assert "val/cls/acc" in note and "val/depth/rel_err" in note
+    assert rows["3"].delta_m == pytest.approx(2.5)
+    assert report.directions["val/cls/acc"] == Direction.MAX  # from the run that declares it
+    main([str(tmp_path)])
+    assert "0.88" in (tmp_path / "report.md").read_text()
+
+
+def test_reading_runs_imports_none_of_the_code_their_configs_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results folder is data: neither a module that does not exist nor one that does
+    (and would leave a mark when imported) is imported, and the report still comes out."""
+    code = tmp_path / "code"
+    code.mkdir()
+    marker = tmp_path / "imported"
+    (code / "planted_task.py").write_text(f"open({str(marker)!r}, 'w').close()\nTask = object\n")
+    monkeypatch.syspath_prepend(str(code))
+    write_run(tmp_path / "runs" / "0", CLS_ALONE)
+    write_run(tmp_path / "runs" / "1", DEPTH_ALONE)
+    write_run(tmp_path / "runs" / "2", TOGETHER)
+    for name, target in [("0", "planted_task.Task"), ("2", "no_such_module.tasks.Task")]:
+        config_file = tmp_path / "runs" / name / ".hydra" / "config.yaml"
+        config = OmegaConf.load(config_file)
+        config.tasks.cls._target_ = target
+        OmegaConf.save(config, config_file)
+    build_report([tmp_path / "runs"])  # anything reporting imports on first use, imported now
+    before = set(sys.modules)
+    main([str(tmp_path / "runs")])
+    assert set(sys.modules) - before == set()
+    assert not marker.exists()
+    markdown = (tmp_path / "runs" / "report.md").read_text()
+    (line,) = [line for line in markdown.splitlines() if line.startswith("| 2 |")]
+    assert line.split("|")[-2].strip() == "+2.50"

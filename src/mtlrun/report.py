@@ -2,8 +2,11 @@
 single-task runs of its tasks.
 
 A run is a folder holding `metrics.json` and `.hydra/` (what every `mtlrun` run and sweep job
-writes). The direction of each metric (higher or lower is better) comes from the task class
-that the run's config names (`metric_directions`); every `val/<task>/loss` is lower-better.
+writes). The direction of each metric (higher or lower is better) comes from the `directions`
+table the run wrote into its `metrics.json`; every `val/<task>/loss` is lower-better. Reading
+runs never imports the classes their configs name: a results folder is data, not code, and
+runs written by an older mtlrun (no `directions`) still report, their metrics' directions
+unknown and so left out of Δm.
 """
 
 import argparse
@@ -22,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mtlrun.errors import UserError
+from mtlrun.errors import UserError, first_line
 from mtlrun.tasks import Direction
 
 # Settings that do not change what a run learns: ignored when matching baselines. `tasks` and
@@ -37,6 +40,7 @@ IGNORED_SETTINGS = (
     "trainer.log_every_n_steps",
     "trainer.threads",
 )
+DIRECTIONS_KEY = "directions"  # metrics.json: {"val/cls/acc": "max", ...}
 MARKDOWN_NAME = "report.md"
 CSV_NAME = "report.csv"
 SIGN_CONVENTION = (
@@ -48,12 +52,14 @@ SIGN_CONVENTION = (
 
 @dataclass
 class RunRecord:
-    """One finished run: its folder, job overrides, composed config and final metrics."""
+    """One finished run: its folder, job overrides, composed config, final metrics and the
+    direction of each metric (None: its metrics.json has no directions, an older version)."""
 
     folder: Path
     overrides: list[str]
     config: DictConfig
     metrics: dict[str, float]
+    directions: dict[str, str] | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -118,40 +124,45 @@ def delta_m(measured: list[tuple[float, float, Direction]]) -> float:
     return 100.0 * total / len(measured)
 
 
-def metric_direction(config: DictConfig, task: str, metric: str) -> Direction | None:
-    """Whether `val/<task>/<metric>` is better higher or lower, from the task's class.
+def metric_direction(run: RunRecord, key: str) -> Direction | None:
+    """Whether the metric `key` (`val/<task>/<metric>`) of `run` is better higher or lower.
 
-    A metric named `a/b` (e.g. detection's `ap50/<class>`) may be declared as `a`. None when
-    the class cannot be imported or does not declare the metric on the class itself.
+    From the run's own `directions` table; a per-class key (`val/det/ap50/<class>`) may be
+    declared by its family (`val/det/ap50`). None when the run declares neither (or declares
+    something other than "max"/"min"); a task's loss is always lower-better.
     """
-    from hydra.utils import get_class
-
-    if metric == "loss":
+    if key.endswith("/loss"):
         return Direction.MIN
-    try:
-        task_class = get_class(str(config.tasks[task]._target_))
-    except Exception:  # a run made by another version of mtlrun: report, do not crash
-        return None
-    declared = getattr(task_class, "metric_directions", None) or {}
-    for name in (metric, metric.split("/")[0]):
-        if name in declared:
+    declared = run.directions or {}
+    family = "/".join(key.split("/")[:3])
+    for name in (key, family):
+        if declared.get(name) in (Direction.MAX.value, Direction.MIN.value):
             return Direction(declared[name])
     return None
 
 
 def load_run(folder: Path) -> RunRecord:
-    """Read one run folder (`metrics.json`, `.hydra/config.yaml`, `.hydra/overrides.yaml`)."""
+    """Read one run folder (`metrics.json`, `.hydra/config.yaml`, `.hydra/overrides.yaml`)
+    as data: the classes its config names are not imported."""
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
         config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        if not isinstance(metrics, dict) or not isinstance(config, DictConfig):
+            raise ValueError("not a mapping")
     except (OSError, ValueError) as error:
         raise UserError(
-            f"cannot read run {folder} ({error}); re-run it or leave its folder out"
+            f"cannot read run {folder} ({first_line(error)}); re-run it or leave its folder out"
         ) from error
+    directions = metrics.pop(DIRECTIONS_KEY, None)
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
-    assert isinstance(config, DictConfig)
-    return RunRecord(folder, [str(item) for item in overrides], config, metrics)
+    return RunRecord(
+        folder,
+        [str(item) for item in overrides],
+        config,
+        metrics,
+        {str(k): str(v) for k, v in directions.items()} if isinstance(directions, dict) else None,
+    )
 
 
 def natural_key(path: Path) -> list[Any]:
@@ -260,13 +271,15 @@ def compare(run: RunRecord, baselines: list[Baseline], include_loss: bool) -> Ro
         row.notes.append("no Δm: a baseline is missing or ambiguous")
         return row
     measured: list[tuple[float, float, Direction]] = []
+    undeclared: list[str] = []  # by a run from before metrics.json carried directions
     for baseline in baselines:
         assert baseline.run is not None
         for key in summary_keys(run, baseline.task, include_loss):
-            metric = key.split("/", 2)[2]
-            direction = metric_direction(run.config, baseline.task, metric)
+            direction = metric_direction(run, key)
             reference = baseline.run.metrics.get(key)
-            if direction is None:
+            if direction is None and run.directions is None:
+                undeclared.append(key)
+            elif direction is None:
                 row.notes.append(
                     f"{key} left out of Δm: its direction is unknown (declare it in the "
                     "class-level metric_directions of the task's class)"
@@ -275,6 +288,11 @@ def compare(run: RunRecord, baselines: list[Baseline], include_loss: bool) -> Ro
                 row.notes.append(f"{key} left out of Δm: the baseline has no non-zero value")
             else:
                 measured.append((float(run.metrics[key]), float(reference), direction))
+    if undeclared:
+        row.notes.append(
+            f"{', '.join(undeclared)} left out of Δm: directions unknown (this run's "
+            f"metrics.json has no '{DIRECTIONS_KEY}'; an older mtlrun wrote it)"
+        )
     if measured:
         row.delta_m = delta_m(measured)
     else:
@@ -340,7 +358,8 @@ def build_report(
             for key in summary_keys(run, task):
                 if key not in directions:
                     columns.append(key)
-                    directions[key] = metric_direction(run.config, task, key.split("/", 2)[2])
+                # The first run that declares the key's direction gives the column its arrow.
+                directions[key] = directions.get(key) or metric_direction(run, key)
     return Report(rows, columns, directions, common_overrides(runs), unfinished, include_loss)
 
 
