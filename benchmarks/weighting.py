@@ -39,11 +39,14 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from mtlrun.build import build
 from mtlrun.cli import config_dir
 from mtlrun.engine import Run
 from mtlrun.weighting import StepContext
+from mtlrun.weighting.base import GradientWeighting
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TASK_OVERRIDES = {
@@ -51,7 +54,20 @@ TASK_OVERRIDES = {
     3: ["tasks=[cls,seg,gen]"],
     5: ["tasks=[cls,seg,gen]", "+tasks@tasks.cls2=cls", "+tasks@tasks.seg2=seg"],
 }
-GRADIENT_BASED = {"pcgrad", "graddrop", "mgda", "cagrad", "imtl", "nash_mtl", "aligned_mtl"}
+
+
+def gradient_based() -> set[str]:
+    """The conf/weighting/ options whose class combines per-task gradients (subclasses
+    `GradientWeighting`), found from the `_target_` of each file, not kept by hand."""
+    names = set()
+    for path in (config_dir() / "weighting").glob("*.yaml"):
+        target = OmegaConf.load(path).get("_target_")
+        if target and issubclass(get_class(str(target)), GradientWeighting):
+            names.add(path.stem)
+    return names
+
+
+GRADIENT_BASED = gradient_based()
 
 
 @dataclass(frozen=True)
