@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from fakes import (
     FAKES,
+    Fake,
     fake_data_overrides,
     mnist_digit,
     write_celeba,
@@ -24,12 +26,9 @@ from fakes import (
     write_nyuv2,
     write_oxford_pets,
 )
-from mtlrun.data.celeba import CelebAData
-from mtlrun.data.cityscapes import CityscapesData
+from mtlrun.cli import config_dir
+from mtlrun.data.contract import CONTRACT, TensorSpec
 from mtlrun.data.files import FileData
-from mtlrun.data.multi_mnist import MultiMNISTData
-from mtlrun.data.nyuv2 import NYUv2Data
-from mtlrun.data.oxford_pets import OxfordPetsData
 from mtlrun.data.transforms import JointAugmentation
 from mtlrun.engine import Run, fit
 from mtlrun.errors import UserError
@@ -38,40 +37,63 @@ BuildRun = Callable[..., Run]
 ComposeConfig = Callable[..., DictConfig]
 
 BATCH = 2
-# dataset option -> (its class, writer of its fake, settings a test run needs)
-DATASETS: dict[str, tuple[type[FileData], Callable[[Path], Path], dict[str, Any]]] = {
-    "nyuv2": (NYUv2Data, write_nyuv2, {}),
-    "cityscapes": (CityscapesData, write_cityscapes, {}),
-    "celeba": (CelebAData, write_celeba, {"check_md5": False}),
-    "multi_mnist": (MultiMNISTData, write_mnist, {}),
-    "oxford_pets": (OxfordPetsData, write_oxford_pets, {"image_size": 40}),
+
+
+def dataset_targets() -> dict[str, str]:
+    """conf/dataset/ option -> the `_target_` its file names."""
+    files = sorted((config_dir() / "dataset").glob("*.yaml"))
+    return {path.stem: str(OmegaConf.load(path)._target_) for path in files}
+
+
+# dataset option -> its fake (tests/fakes.py): every conf/dataset/ option that has one.
+DATASETS: dict[str, Fake] = {
+    name: FAKES[target] for name, target in dataset_targets().items() if target in FAKES
 }
-# target -> (dtype, shape after the batch axis; H and W stand for the image's size)
-CONTRACT: dict[str, tuple[torch.dtype, tuple[int | str, ...]]] = {
-    "seg": (torch.int64, ("H", "W")),
-    "depth": (torch.float32, (1, "H", "W")),
-    "normal": (torch.float32, (3, "H", "W")),
-    "cls": (torch.int64, ()),
-    "species": (torch.int64, ()),
-    "left": (torch.int64, ()),
-    "right": (torch.int64, ()),
-    "attr": (torch.int64, (40,)),
-    "landmarks": (torch.float32, (5, 2)),
+# Settings the tests give a dataset beyond its defaults (none for most).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "celeba": {"check_md5": False},  # fakes cannot match the real files' checksums
+    "oxford_pets": {"image_size": 40},  # the fake's photographs are small; 224 would be slow
 }
+
+
+def test_every_file_dataset_has_a_fake_and_every_fake_a_config_file() -> None:
+    """Adding a dataset is its module, its config file and its fake: each one missing fails."""
+    targets = dataset_targets()
+    file_backed = {
+        name for name, target in targets.items() if issubclass(get_class(target), FileData)
+    }
+    assert file_backed == set(DATASETS), "a file-backed dataset without a fake in tests/fakes.py"
+    assert set(FAKES) <= set(targets.values()), "a fake whose _target_ no conf/dataset/ file names"
 
 
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One fake of each dataset for the tests that only read them."""
-    return {
-        name: writer(tmp_path_factory.mktemp(name)) for name, (_, writer, _) in DATASETS.items()
-    }
+    return {name: fake.write(tmp_path_factory.mktemp(name)) for name, fake in DATASETS.items()}
 
 
 def open_data(name: str, root: Path, **settings: Any) -> FileData:
-    kind, _, needed = DATASETS[name]
-    arguments = {"num_workers": 0, "batch_size": BATCH, **needed, **settings}
+    kind = get_class(dataset_targets()[name])
+    arguments = {"num_workers": 0, "batch_size": BATCH, **SETTINGS.get(name, {}), **settings}
     return kind(str(root), **arguments)
+
+
+def assert_follows_the_contract(name: str, value: Any, size: int, image: tuple[int, int]) -> None:
+    """`value`, the target `name` of a batch of `size` images of `image` (H, W), is laid out
+    as `CONTRACT` says; letters other than H and W may be any size."""
+    spec = CONTRACT[name].tensors
+    expected = spec if isinstance(spec, dict) else {"": spec}
+    parts = value if isinstance(spec, dict) else {"": value}
+    assert set(parts) == set(expected), name
+    letters = {"H": image[0], "W": image[1]}
+    for key, tensor_spec in expected.items():
+        tensor: torch.Tensor = parts[key]
+        assert isinstance(tensor_spec, TensorSpec)
+        assert tensor.dtype == tensor_spec.dtype, (name, key)
+        assert tensor.dim() == 1 + len(tensor_spec.shape) and tensor.shape[0] == size, (name, key)
+        for axis, actual in zip(tensor_spec.shape, tensor.shape[1:], strict=True):
+            wanted = letters.setdefault(axis, actual) if isinstance(axis, str) else axis
+            assert actual == wanted, (name, key, tensor_spec.shape, tuple(tensor.shape))
 
 
 def first_val(data: FileData) -> dict[str, Any]:
@@ -91,10 +113,7 @@ def test_every_loader_yields_the_batch_contract(name: str, fakes: dict[str, Path
         assert images.min() >= 0.0 and images.max() <= 1.0
         assert set(targets) == set(data.info.targets)
         for target, value in targets.items():
-            dtype, shape = CONTRACT[target]
-            sizes = {"H": height, "W": width}
-            assert value.dtype == dtype, target
-            assert value.shape == (size, *(sizes.get(axis, axis) for axis in shape)), target
+            assert_follows_the_contract(target, value, size, (height, width))
 
 
 def test_nyuv2_batches_hold_the_files_values(fakes: dict[str, Path]) -> None:

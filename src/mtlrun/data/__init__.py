@@ -3,23 +3,17 @@
     {"image": FloatTensor[B, 3, H, W] in [0, 1],
      "targets": {target_name: tensor or dict of tensors, ...}}
 
-Targets by kind:
-    classification  LongTensor[B]                  class index
-    segmentation    LongTensor[B, H, W]            class index, -1 = ignore
-    depth           FloatTensor[B, 1, H, W]        depth, 0 = invalid pixel
-    generation      FloatTensor[B, 3, H, W]        the image to reconstruct
-    detection       {"boxes": FloatTensor[B, M, 4], "labels": LongTensor[B, M]}
-                    boxes are (x1, y1, x2, y2) in pixels; images with fewer than M objects
-                    are padded with label -1 and an all-zero box (padding is masked by
-                    `labels >= 0`).
-    normals         FloatTensor[B, 3, H, W]        unit vectors, all-zero = invalid pixel
-    attributes      LongTensor[B, A]               0/1 per binary attribute
-    landmarks       FloatTensor[B, K, 2]           (x, y) in pixels
+with each target laid out as the table `CONTRACT` in `mtlrun.data.contract` says (written
+out below when this docstring is read with `help`; the tests read the same table).
 
 Under data-parallel training (`trainer.strategy=ddp`) `batch_size` is the global batch: each
 process reads its own equal slice of every training batch (`rank`, `world_size`).
 """
 
 from mtlrun.data.base import Batch, DatasetInfo, DataSource, move_batch
+from mtlrun.data.contract import CONTRACT, describe
 
-__all__ = ["Batch", "DataSource", "DatasetInfo", "move_batch"]
+# The table itself, so that `help(mtlrun.data)` shows the contract without a copy of it here.
+__doc__ = f"{__doc__}\nTargets (name, kind, layout, meaning):\n\n{describe()}\n"
+
+__all__ = ["CONTRACT", "Batch", "DataSource", "DatasetInfo", "move_batch"]
