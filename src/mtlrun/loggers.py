@@ -63,7 +63,8 @@ class TensorBoardLogger:
     ) -> None:
         # Written into this run's own event file (SummaryWriter.add_hparams would open a
         # sub-folder), so a sweep's runs line up in the HPARAMS tab. The metric values are
-        # the final val scalars already logged under the same tags.
+        # the final val scalars already logged under the same tags. No public API hands out
+        # the writer's own file: `_get_file_writer` is private, pinned by tests/test_loggers.py.
         experiment, session_start, session_end = hparams_summary(hparams, metrics)
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, session_start, session_end):

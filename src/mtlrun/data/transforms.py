@@ -24,7 +24,6 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
-from torchvision.transforms.v2._utils import query_size
 
 from mtlrun.errors import UserError
 
@@ -90,7 +89,7 @@ class RandomScaleCrop(v2.Transform):
         self.scales = [float(scale) for scale in scales]
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = query_size(flat_inputs)
+        height, width = v2.query_size(flat_inputs)
         scale = self.scales[int(torch.randint(len(self.scales), ()))]
         crop_height, crop_width = int(height / scale), int(width / scale)
         top = int(torch.randint(height - crop_height + 1, ()))
