@@ -1,5 +1,6 @@
-# mtlrun: `make run` trains the default experiment, `make test` runs the test suite.
-# Both create .venv and install the package (with test tools) when needed.
+# mtlrun: `make run` trains the default experiment, `make test` runs the fast tests,
+# `make test-all` every test (what CI runs, after `make lint`).
+# Each creates .venv and installs the package (with test tools) when needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,10 +8,10 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test smoke bench tb lint format clean
+.PHONY: help install run test test-all smoke bench tb lint typecheck format clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +24,10 @@ install: $(STAMP) ## create .venv and install mtlrun with its test tools
 run: $(STAMP) ## train the default experiment on the built-in shapes dataset (ARGS=... for overrides)
 	$(BIN)/mtlrun $(ARGS)
 
-test: $(STAMP) ## run the whole test suite
+test: $(STAMP) ## the fast tests, a minute or two (not those marked slow)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(STAMP) ## every test, slow ones too (what CI runs)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 smoke: $(STAMP) ## a few training steps of everything, on CPU
@@ -35,14 +39,17 @@ bench: $(STAMP) ## measure speed; results go to benchmarks/results/
 tb: $(STAMP) ## TensorBoard over outputs/ on http://127.0.0.1:6006
 	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check and format check of src, tests and benchmarks
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP) ## mypy over src/mtlrun (settings in pyproject.toml)
+	$(BIN)/mypy
 
 format: $(STAMP) ## ruff fix and format
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
 clean: ## remove the environment, build files and caches (outputs/ stays)
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

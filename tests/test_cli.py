@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 from mtlrun.cli import GROUPS, config_dir
 from processes import Finished, Started, assert_one_line_error, run
 
+pytestmark = pytest.mark.slow  # every test here runs `mtlrun` in a subprocess
+
 
 def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))

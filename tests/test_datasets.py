@@ -386,6 +386,7 @@ def test_settings_the_data_cannot_meet_are_user_errors(fakes: dict[str, Path]) -
     )
 
 
+@pytest.mark.slow  # a training run per dataset
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_two_training_steps_on_each_fake(
     name: str, build_tiny_run: BuildRun, compose_tiny: ComposeConfig, tmp_path: Path

@@ -21,6 +21,8 @@ import torch
 from mtlrun import checkpoint
 from processes import Finished, Started
 
+pytestmark = pytest.mark.slow  # torchrun with two processes
+
 FAULT_RUNNER = Path(__file__).with_name("fault_runner.py")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 ONE_PROCESS = (*TORCHRUN[:-1], "--nproc_per_node=1", "-m", "mtlrun")

@@ -20,6 +20,8 @@ import torch
 from mtlrun import checkpoint
 from processes import Finished, Started
 
+pytestmark = pytest.mark.slow  # kill-and-resume runs in subprocesses
+
 FAULT_RUNNER = Path(__file__).with_name("fault_runner.py")
 # 2 epochs of 6 steps, a checkpoint every 2 steps; dropout and VAE sampling draw random
 # numbers, so every random state must survive the kill too.

@@ -11,8 +11,12 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from mtlrun.cli import config_dir
 from processes import Finished
+
+pytestmark = pytest.mark.slow  # many `mtlrun` subprocess runs
 
 COMBINATIONS = 220
 SEED = 20261124

@@ -11,6 +11,8 @@ from omegaconf import OmegaConf
 
 import mtlrun.cli
 
+pytestmark = pytest.mark.slow  # builds and installs a wheel
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 

@@ -24,6 +24,8 @@ from mtlrun.cli import config_dir
 from mtlrun.sweeps import plan_jobs
 from processes import Finished, Started, run
 
+pytestmark = pytest.mark.slow  # multirun sweeps on every launcher
+
 MTLRUN = str(Path(sys.executable).parent / "mtlrun")
 
 # Records, in each job's folder, the process that ran the job, its torch threads and when

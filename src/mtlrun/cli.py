@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun.errors import UserError, first_line
 from mtlrun.preemption import Preempted
+
+if TYPE_CHECKING:  # imported by check_arguments when needed: Hydra's parser is slow to load
+    from hydra.core.override_parser.types import Override
 
 # Run folders carry the process id, so runs started in the same microsecond stay apart.
 # Cached like Hydra's `now`: a sweep's jobs (in other processes under the joblib or submitit
@@ -102,13 +106,13 @@ def check_arguments(arguments: list[str]) -> None:
 
     overrides = [a for a in arguments if ("=" in a or a.startswith("~")) and a[0] != "-"]
     parser = OverridesParser.create()
-    parsed = []
-    for override in overrides:
+    parsed: list[Override] = []
+    for text in overrides:
         try:
-            parsed += parser.parse_overrides([override])
+            parsed += parser.parse_overrides([text])
         except Exception as error:  # Hydra's OverrideParseException, over several lines
             fail(
-                f"cannot parse the override {override!r} ({one_line(error)}); quote list "
+                f"cannot parse the override {text!r} ({one_line(error)}); quote list "
                 "overrides in the shell, e.g. 'tasks=[cls,seg]'"
             )
     root = config_dir()
@@ -151,12 +155,13 @@ def one_line(error: BaseException) -> str:
     return f"{key}: {message}" if key and not message.startswith(str(key)) else message
 
 
-def _options(override) -> list[str]:
+def _options(override: "Override") -> list[str]:
     """The option names an override selects, across sweeps and lists."""
-    if override.is_sweep_override():
-        values = list(override.sweep_string_iterator())
-    else:
-        values = [override.value()]
+    values: list[Any] = (
+        list(override.sweep_string_iterator())
+        if override.is_sweep_override()
+        else [override.value()]
+    )
     names: list[str] = []
     for value in values:
         if isinstance(value, str) and value.startswith("["):

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console as RichConsole
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
@@ -29,7 +36,7 @@ class Console:
         self.mode = mode
         self.rich = RichConsole(highlight=False, quiet=mode == "none")
         self.progress: Progress | None = None
-        self.bar_task = None
+        self.bar_task: TaskID | None = None
 
     def print_config(self, cfg: DictConfig) -> None:
         tree = Tree("config", guide_style="dim")
@@ -57,7 +64,7 @@ class Console:
         )
 
     def advance(self) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.bar_task is not None:
             self.progress.advance(self.bar_task)
 
     def log_train(
@@ -69,7 +76,7 @@ class Console:
             if tag.startswith("train/loss/")
         )
         status = f"loss {losses}  lr {scalars['train/lr']:.2e}  {throughput:,.0f} img/s"
-        if self.progress is not None:
+        if self.progress is not None and self.bar_task is not None:
             self.progress.update(self.bar_task, status=status)
         elif self.mode == "plain":
             self.rich.print(f"epoch {epoch + 1}/{epochs}  step {step}  {status}", soft_wrap=True)

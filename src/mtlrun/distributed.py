@@ -185,6 +185,9 @@ class CrossRankBatchNorm(nn.BatchNorm2d):
         mean = sums[:channels] / number
         centred = values - mean.view(shape)
         variance = SumOverRanks.apply((centred * centred).sum((0, 2, 3))) / number
+        # Running statistics exist: this class is built from BatchNorm2d's defaults.
+        assert self.num_batches_tracked is not None and self.running_mean is not None
+        assert self.running_var is not None
         with torch.no_grad():
             self.num_batches_tracked += 1
             momentum = self.momentum or 1.0 / float(self.num_batches_tracked)  # None: average

@@ -96,7 +96,8 @@ def cell_colour(value: float) -> tuple[int, int, int]:
     """White at 0, blending to `POSITIVE` at +1 and to `NEGATIVE` at -1."""
     target = POSITIVE if value >= 0 else NEGATIVE
     amount = min(abs(value), 1.0)
-    return tuple(round(255 * (1 - amount + amount * channel)) for channel in target)
+    red, green, blue = (round(255 * (1 - amount + amount * channel)) for channel in target)
+    return red, green, blue
 
 
 def heatmap(matrix: Tensor, names: list[str]) -> Tensor:
@@ -104,7 +105,9 @@ def heatmap(matrix: Tensor, names: list[str]) -> Tensor:
     rows and above the columns, each cell coloured by `cell_colour` and showing its value.
     Returns (3, H, W) floats in [0, 1]."""
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = max(draw.textbbox((0, 0), name, font=default_font())[2] for name in names) + 8
+    label_width = (
+        int(max(draw.textbbox((0, 0), name, font=default_font())[2] for name in names)) + 8
+    )
     count = len(names)
     width, height = label_width + count * CELL + 4, 20 + count * CELL + 4
     image = Image.new("RGB", (width, height), "white")

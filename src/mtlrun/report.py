@@ -155,7 +155,7 @@ def load_run(folder: Path) -> RunRecord:
         ) from error
     directions = metrics.pop(DIRECTIONS_KEY, None)
     overrides_file = folder / ".hydra" / "overrides.yaml"
-    overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+    overrides: Any = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
     return RunRecord(
         folder,
         [str(item) for item in overrides],
@@ -415,7 +415,7 @@ def header_lines(report: Report) -> list[str]:
 
 def notes(report: Report) -> list[str]:
     """One line per multi-task run (its baselines and what was left out), then unfinished runs."""
-    lines = []
+    lines: list[str] = []
     for row in report.rows:
         lines.extend(f"{row.label}: {note}" for note in row_notes(row) if note)
     lines.extend(f"{folder}: unfinished (no metrics.json)" for folder in report.unfinished)

@@ -100,10 +100,10 @@ def _omegaconf_type(hint: Any) -> Any:
         element = _omegaconf_type(arguments[0])
         rest = [argument for argument in arguments[1:] if argument is not Ellipsis]
         uniform = origin is list or all(argument == arguments[0] for argument in rest)
-        return list[element] if uniform and element in _PLAIN else list[Any]
+        return types.GenericAlias(list, (element,)) if uniform and element in _PLAIN else list[Any]
     if origin is dict and len(arguments) == 2 and arguments[0] is str:
         value = _omegaconf_type(arguments[1])
-        return dict[str, value] if value in _PLAIN else dict[str, Any]
+        return types.GenericAlias(dict, (str, value)) if value in _PLAIN else dict[str, Any]
     return Any
 
 

@@ -17,7 +17,7 @@ builds the order and reads from batch `start` on, never loading the skipped samp
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -47,6 +47,15 @@ def plain(value: Any) -> Any:
     return value
 
 
+class RawSamples(Protocol):
+    """A split's raw samples: a map-style dataset that knows its length (torch's `Dataset`
+    type does not declare `__len__`, though every dataset here has one)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+
 class PreparedSamples(Dataset):
     """Raw samples resized to `size` and, with an `augmentation`, augmented under the
     per-sample seed that comes with each index (so workers and resumes agree).
@@ -59,7 +68,7 @@ class PreparedSamples(Dataset):
 
     def __init__(
         self,
-        samples: Dataset,
+        samples: RawSamples,
         size: tuple[int, int] | None,
         augmentation: Callable[[Sample], Sample] | None,
     ) -> None:
@@ -68,7 +77,7 @@ class PreparedSamples(Dataset):
         self.augmentation = augmentation
 
     def __len__(self) -> int:
-        return len(self.samples)  # type: ignore[arg-type]
+        return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         index, seed = key
@@ -107,8 +116,8 @@ class FileData:
     def __init__(
         self,
         info: DatasetInfo,
-        train: Dataset,
-        val: Dataset,
+        train: RawSamples,
+        val: RawSamples,
         *,
         image_size: int | Sequence[int] | None,
         train_size: int | None,
@@ -124,8 +133,8 @@ class FileData:
         size = square_or_pair(image_size, "dataset.image_size")
         if num_workers < 0:
             raise UserError(f"dataset.num_workers must be >= 0, got {num_workers}")
-        self.train_count = _limit(len(train), train_size, "dataset.train_size")  # type: ignore[arg-type]
-        self.val_count = _limit(len(val), val_size, "dataset.val_size")  # type: ignore[arg-type]
+        self.train_count = _limit(len(train), train_size, "dataset.train_size")
+        self.val_count = _limit(len(val), val_size, "dataset.val_size")
         if self.val_count < 1:
             raise UserError(f"dataset '{info.name}' has no validation samples")
         if self.train_count < batch_size:
@@ -270,18 +279,20 @@ def check_array_split(
     for folder in folders:
         path = split_dir / folder.name / "0.npy"
         array = _open_array(path, layout)
-        size = size or tuple(array.shape[:2])  # type: ignore[assignment]
-        expected = folder.shape_text(*size)  # type: ignore[misc]
+        if size is None:  # the first folder's arrays set the size the others must have
+            size = (int(array.shape[0]), int(array.shape[1]))
+        expected = folder.shape_text(*size)
         fits_kind = array.dtype.kind == "f" or (
             folder.kind == "number" and array.dtype.kind in "iu"
         )
-        if array.shape != _shape(folder, size) or not fits_kind:  # type: ignore[arg-type]
+        if array.shape != _shape(folder, size) or not fits_kind:
             wanted = "float" if folder.kind == "float" else "float or integer"
             raise UserError(
                 f"{path} has shape {array.shape} and dtype {array.dtype}; expected a {wanted} "
                 f"array of shape {expected} (like the other folders' arrays): {layout}"
             )
-    return next(iter(counts.values())), size  # type: ignore[return-value]
+    assert size is not None, "no folders to read"
+    return next(iter(counts.values())), size
 
 
 def _shape(folder: ArrayFolder, size: tuple[int, int]) -> tuple[int, ...]:

@@ -33,6 +33,10 @@ class DepthHead(nn.Module):
     so a resumed run keeps its calibration.
     """
 
+    # Buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not.
+    offset: Tensor
+    calibrated: Tensor
+
     def __init__(self, in_channels: int, hidden: int, stride: int) -> None:
         super().__init__()
         self.decoder = UpsampleDecoder(in_channels, hidden, 1, stride)
@@ -62,6 +66,8 @@ class DepthTask(Task):
 
     metric_directions = {"abs_err": Direction.MIN, "rel_err": Direction.MIN}
     main_metric = "abs_err"
+
+    head: DepthHead
 
     def __init__(
         self,

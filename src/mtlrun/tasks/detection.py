@@ -68,11 +68,13 @@ class FCOSHead(nn.Module):
         self.centerness = nn.Conv2d(hidden, 1, 3, padding=1)
         for layer in (self.class_logits, self.box_regression, self.centerness):
             nn.init.normal_(layer.weight, std=0.01)
+            assert layer.bias is not None  # Conv2d's default bias=True
             nn.init.zeros_(layer.bias)
         # Focal-loss prior (Lin et al. 2017, "Focal Loss for Dense Object Detection"): start
         # every location at probability `prior_probability`, so the many easy negatives do
         # not swamp the first steps.
         prior_logit = math.log(prior_probability / (1 - prior_probability))
+        assert self.class_logits.bias is not None
         nn.init.constant_(self.class_logits.bias, prior_logit)
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:

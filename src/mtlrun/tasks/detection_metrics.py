@@ -87,7 +87,9 @@ def _match(
     """
     # Order detections by (image, class), best score first; stable sorts keep the input
     # order among equal scores, as COCOeval's mergesort does.
-    order = torch.sort(-detections.scores, stable=True).indices
+    scores = detections.scores
+    assert scores is not None, "detections carry scores"
+    order = torch.sort(-scores, stable=True).indices
     det_keys = detections.images[order] * num_classes + detections.labels[order]
     regroup = torch.sort(det_keys, stable=True).indices
     order, det_keys = order[regroup], det_keys[regroup]
@@ -132,7 +134,7 @@ def _match(
         truth_taken |= torch.nn.functional.one_hot(best, width).bool() & found[..., None]
 
     matched = det_matched[det_group, :, det_rank].T  # (T, N)
-    return detections.labels[order], detections.scores[order], matched
+    return detections.labels[order], scores[order], matched
 
 
 def average_precision(
@@ -246,7 +248,8 @@ class DetectionAP:
         self.num_images += len(labels)
 
     def compute(self) -> dict[str, float]:
-        empty = Boxes(torch.zeros(0, 4), *torch.zeros(2, 0, dtype=torch.long), torch.zeros(0))
+        no_index = torch.zeros(0, dtype=torch.long)
+        empty = Boxes(torch.zeros(0, 4), no_index, no_index, torch.zeros(0))
         detections, truths = self.detections or [empty], self.truths or [empty]
         precision = average_precision(
             Boxes(*(torch.cat([getattr(p, key).cpu() for p in detections]) for key in _FIELDS)),

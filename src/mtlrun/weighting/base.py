@@ -16,7 +16,7 @@ part), hands them over as one [T, P] matrix and writes the combination back.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -89,7 +89,7 @@ class Weighting(nn.Module, ABC):
         """Raise `UserError` if the method cannot train data-parallel (trainer.strategy=ddp);
         every method can unless it says otherwise."""
 
-    def check_task_keys(self, setting: str, mapping: dict[str, object]) -> None:
+    def check_task_keys(self, setting: str, mapping: Mapping[str, object]) -> None:
         """Reject settings that name tasks the run does not have."""
         unknown = sorted(set(mapping) - set(self.task_names))
         if unknown:
@@ -126,6 +126,7 @@ class GradientWeighting(Weighting):
         on: "parameters" or "features": where the per-task gradients are taken.
     """
 
+    solver_failures: Tensor  # a buffer, registered when the method `solves`
     sides: ClassVar[tuple[str, ...]] = ("parameters",)
     solves: ClassVar[bool] = False
 
@@ -204,7 +205,7 @@ class GradientWeighting(Weighting):
 
 
 def parameter_gradients(
-    losses: list[Tensor], parameters: list[Tensor], size: int, retain_graph: bool = False
+    losses: list[Tensor], parameters: Sequence[Tensor], size: int, retain_graph: bool = False
 ) -> Tensor:
     """Per-task gradients on the shared `parameters` as one [T, size] matrix.
 
@@ -244,6 +245,7 @@ def feature_gradients(
         head = head_parameters(loss, boundary)
         scale = None if scales is None else scales[index].to(loss.dtype)
         torch.autograd.backward(loss, scale, retain_graph=True, inputs=[features, *head])
+        assert features.grad is not None  # `inputs` names features: its .grad is set
         grads[index] = features.grad
         features.grad = None
     return grads

@@ -24,6 +24,13 @@ class DynamicWeightAverage(Weighting):
         temperature: T; larger values make the weights more even.
     """
 
+    # Buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not.
+    epoch_sums: Tensor
+    epoch_steps: Tensor
+    running_epoch: Tensor
+    history: Tensor
+    epochs_done: Tensor
+
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
         if not temperature > 0:

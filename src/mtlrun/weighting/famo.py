@@ -30,6 +30,14 @@ class FAMO(Weighting):
         decay: γ, the logits' L2 regularisation.
     """
 
+    # Buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not.
+    logits: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    adam_steps: Tensor
+    previous_losses: Tensor
+    has_previous: Tensor
+
     def __init__(self, lr: float = 0.025, decay: float = 1e-3) -> None:
         super().__init__()
         self.lr = lr

@@ -4,6 +4,8 @@ Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Ad
 Loss Balancing in Deep Multitask Networks", ICML 2018.
 """
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -34,6 +36,14 @@ class GradNorm(Weighting):
         alpha: the asymmetry α (larger pulls the tasks' training rates together harder).
         lr: the weights' learning rate.
     """
+
+    # Buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not.
+    weights: Tensor
+    initial_losses: Tensor
+    has_initial: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    adam_steps: Tensor
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__()
@@ -82,7 +92,7 @@ class GradNorm(Weighting):
         self.weights.copy_(clamped * len(clamped) / clamped.sum())
 
 
-def last_weight(parameters: list[Tensor]) -> Tensor:
+def last_weight(parameters: Sequence[Tensor]) -> Tensor:
     """The last parameter with more than one dimension (else the last parameter)."""
     for parameter in reversed(parameters):
         if parameter.dim() > 1:

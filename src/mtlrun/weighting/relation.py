@@ -5,7 +5,7 @@ Learning", UAI 2010.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -46,6 +46,12 @@ class TaskRelation(Weighting):
         eps: learned: the weight of I/T blended into Ω (> 0).
         weights: λ by task name for the task losses, as `weighting=static` (default 1).
     """
+
+    # Buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not.
+    relation: Tensor
+    covariance: Tensor
+    coupling: Tensor
+    regularizer: Tensor
 
     def __init__(
         self,
@@ -129,7 +135,7 @@ class TaskRelation(Weighting):
         self.covariance.copy_(covariance)
         self.coupling.copy_(torch.linalg.inv(covariance))
 
-    def task_columns(self, task_parameters: dict[str, list[Tensor]]) -> list[list[Tensor]]:
+    def task_columns(self, task_parameters: Mapping[str, Sequence[Tensor]]) -> list[list[Tensor]]:
         """The tasks' parameter lists in task order, checked to have identical shapes."""
         if not task_parameters:
             return [[] for _ in self.task_names]

@@ -14,6 +14,9 @@ class Static(Weighting):
         weights: λ by task name.
     """
 
+    # Buffers (register_buffer), typed for the checker: nn.Module's __getattr__ is not.
+    lambdas: Tensor
+
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self.weights = {name: float(value) for name, value in (weights or {}).items()}
