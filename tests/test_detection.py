@@ -293,6 +293,7 @@ def test_pictures() -> None:
     assert picture.min() >= 0 and picture.max() <= 1
 
 
+@pytest.mark.slow  # a training run of all five tasks
 def test_smoke_run_with_all_five_tasks(build_tiny_run, tmp_path: Path) -> None:
     run = build_tiny_run(tmp_path, "tasks=[cls,det,seg,depth,gen]", "experiment=smoke")
     final = fit(run)

@@ -285,6 +285,7 @@ def test_gradient_weightings_train_where_the_sharing_serves_them(
 # --- the commands CI runs --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the smoke experiment end to end
 @pytest.mark.parametrize("sharing", ["soft", "cross_stitch"])
 def test_smoke_command_with_learned_relations(sharing: str, call_main: Callable) -> None:
     finished = call_main(
