@@ -280,3 +280,8 @@ def fake_data_overrides(
     if "check_md5" in cfg.dataset:  # fakes cannot match the real files' checksums
         extra.append("dataset.check_md5=false")
     return extra
+
+
+# Single MNIST digits read from the same IDX files as MultiMNIST (fake digit d is the
+# constant 20 d + 10, so digits 0..1 are all background in `seg` and 2..9 all digit).
+FAKES["mtlrun.data.mnist.MNISTData"] = Fake(write_mnist, ("cls", "seg", "gen"))
