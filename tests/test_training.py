@@ -93,11 +93,15 @@ def test_metrics_json_has_exactly_the_val_metrics_and_progress(finished: Finishe
         for name, task in run.tasks.items()
         for metric in [*task.metric_directions, "loss"]
     }
-    assert set(written) == expected_val | RUN_KEYS
+    assert set(written) == expected_val | RUN_KEYS | {"directions"}
+    # Each metric's direction, so that readers of the folder need not import the tasks.
+    assert written["directions"] == {key: way.value for key, way in run.directions.items()}
+    assert set(written["directions"]) == expected_val
     assert set(run.tasks) == {"cls", "seg", "gen"}
     assert written["epoch"] == run.trainer.epochs
     assert written["step"] == run.trainer.epochs * run.data.num_train_batches()
     assert written["wall_s"] > 0
+    written.pop("directions")
     assert without_time(written) == without_time(finished.metrics)
 
 
@@ -149,7 +153,7 @@ def test_tensorboard_val_scalars_equal_metrics_json(
 ) -> None:
     written = json.loads((finished.folder / "metrics.json").read_text())
     for tag, value in written.items():
-        if tag in RUN_KEYS:
+        if tag in RUN_KEYS or tag == "directions":
             continue
         (event,) = events.Scalars(tag)  # one evaluation in a 1-epoch run
         assert event.step == written["step"]

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from mtlrun.data import Batch, DataSource
-from mtlrun.engine import NonFiniteGuard, Progress, Run, save_checkpoints, train_epoch
+from mtlrun.engine import Progress, Run, save_checkpoints, train_epoch
 from mtlrun.models.multitask import MultiTaskModel
 from mtlrun.preemption import PreemptionWatch
 from mtlrun.tasks import Task
@@ -93,7 +93,6 @@ class EngineLoop:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.progress = Progress()
-        self.guard = NonFiniteGuard(list(run.tasks), run.device)
         self.watch = PreemptionWatch()  # never entered: no signal handlers in a benchmark
 
     def epoch(self, checkpoint: bool = False) -> EpochTime:
@@ -101,11 +100,11 @@ class EngineLoop:
         run, progress, device = self.run, self.progress, self.run.device
         steps_before = progress.step
         start = now(device)
-        train_epoch(run, progress, progress.epoch, self.guard, self.watch)
+        train_epoch(run, progress, progress.epoch, self.watch)
         trained = now(device)
         progress.epoch, progress.batch = progress.epoch + 1, 0
         if checkpoint:
-            save_checkpoints(run, progress, self.guard, at_epoch_end=True)
+            save_checkpoints(run, progress, at_epoch_end=True)
         finished = now(device)
         images = (progress.step - steps_before) * run.trainer.batch_size
         return EpochTime(images, trained - start, finished - trained)

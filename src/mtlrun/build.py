@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -10,56 +11,22 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from mtlrun import checkpoint, schema
 from mtlrun.console import Console
-from mtlrun.distributed import STRATEGIES, start, synchronise_batch_norm
-from mtlrun.engine import Run, TrainerConfig
-from mtlrun.errors import UserError
-from mtlrun.loggers import TensorBoardLogger
+from mtlrun.data import DatasetInfo
+from mtlrun.distributed import Distributed, start, synchronise_batch_norm
+from mtlrun.errors import UserError, first_line
+from mtlrun.loggers import Logger, TensorBoardLogger
 from mtlrun.models.multitask import MultiTaskModel
+from mtlrun.nonfinite import nonfinite_policy
+from mtlrun.players import Player
+from mtlrun.run import Run
 from mtlrun.tasks import Direction, Task
+from mtlrun.trainer import TrainerConfig, trainer_config
 from mtlrun.weighting import Weighting
 
 REQUIRED_GROUPS = ("backbone", "weighting", "dataset", "optimizer", "scheduler", "trainer")
-
-
-def trainer_config(cfg: DictConfig) -> TrainerConfig:
-    """The `trainer` group checked against the `TrainerConfig` schema: an unknown key or a
-    value of the wrong type is an error naming the key."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
-    except OmegaConfBaseException as error:
-        key = f"trainer.{error.full_key}" if getattr(error, "full_key", None) else "trainer"
-        reason = str(error).splitlines()[0]
-        raise UserError(
-            f"{key}: {reason}; see conf/trainer/default.yaml for the keys and types"
-        ) from error
-    trainer = TrainerConfig(**OmegaConf.to_container(merged, resolve=True))
-    at_least = {
-        "epochs": 1,
-        "batch_size": 1,
-        "log_every_n_steps": 1,
-        "eval_every_n_epochs": 1,
-        "keep_checkpoints": 1,
-        "max_nonfinite_in_a_row": 1,
-        "checkpoint_every_n_steps": 0,
-    }
-    for key, lowest in at_least.items():
-        if getattr(trainer, key) < lowest:
-            raise UserError(f"trainer.{key} must be >= {lowest}, got {getattr(trainer, key)}")
-    choices = {
-        "progress": ("auto", "bar", "plain", "none"),
-        "nonfinite": ("stop", "skip"),
-        "strategy": STRATEGIES,
-    }
-    for key, allowed in choices.items():
-        if getattr(trainer, key) not in allowed:
-            raise UserError(
-                f"trainer.{key} must be one of {', '.join(allowed)}, got '{getattr(trainer, key)}'"
-            )
-    return trainer
 
 
 def make(path: str, node: DictConfig, **runtime: Any) -> Any:
@@ -86,8 +53,7 @@ def make(path: str, node: DictConfig, **runtime: Any) -> Any:
             if isinstance(error, InstantiationException) and error.__cause__
             else error
         )
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise UserError(f"{path}: {reason} (check the values under '{path}')") from error
+        raise UserError(f"{path}: {first_line(cause)} (check the values under '{path}')") from error
 
 
 def check_schedule(node: DictConfig, optimizer: torch.optim.Optimizer, epochs: int) -> None:
@@ -103,9 +69,8 @@ def check_schedule(node: DictConfig, optimizer: torch.optim.Optimizer, epochs: i
             for _ in range(epochs):
                 schedule.step()
     except (ArithmeticError, ValueError, TypeError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"scheduler: {reason} when stepped through {epochs} epochs "
+            f"scheduler: {first_line(error)} when stepped through {epochs} epochs "
             "(check the values under 'scheduler')"
         ) from error
     learning_rates = [group["lr"] for group in stand_in.param_groups]
@@ -131,13 +96,24 @@ def resolve_device(name: str) -> torch.device:
         ) from error
 
 
+@dataclass
+class Setting:
+    """Where and how a run trains, settled before anything is built."""
+
+    trainer: TrainerConfig
+    device: torch.device
+    distributed: Distributed
+    output_dir: Path
+    resume: checkpoint.Resume | None
+
+
 def build(
     cfg: DictConfig,
     output_dir: Path,
     choices: dict[str, Any] | None = None,
     console: Console | None = None,
 ) -> Run:
-    """Instantiate dataset, backbone, tasks, model, weighting, optimizer and scheduler.
+    """Instantiate dataset, backbone, tasks, model, weighting, optimizers and scheduler.
 
     Args:
         cfg: the composed config.
@@ -145,98 +121,19 @@ def build(
         choices: the config-group options picked (for the hparams table), if known.
         console: where progress goes; one is made from `trainer.progress` if not given.
     """
-    missing = [group for group in REQUIRED_GROUPS if cfg.get(group) is None]
-    if missing:
-        raise UserError(
-            f"the config has no {', '.join(missing)}; select an option of each "
-            "(e.g. optimizer=adam), do not delete them with ~"
-        )
-    trainer = trainer_config(cfg)
-    task_names = list(cfg.get("tasks") or {})
-    if not task_names:
-        raise UserError(
-            "no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'"
-        )
-    device = resolve_device(trainer.device)
-    distributed = start(trainer.strategy, device.type == "cuda")
-    if distributed.enabled:
-        device = distributed.device()
-        output_dir = distributed.share(output_dir)  # rank 0's run folder, for every rank
-    # A checkpoint named by `resume=`, or one the run folder already holds (a re-run sweep
-    # job, a requeued job); read and verified now, so a bad one stops the run before it starts.
-    if not isinstance(cfg.get("resume"), str | None):
-        raise UserError(
-            f"resume must be a path (a run folder or a .pt file) or null, got {cfg.resume!r}"
-        )
-    resume = checkpoint.find_resume(cfg.get("resume"), output_dir, trainer.keep_checkpoints)
-    if trainer.threads > 0:
-        torch.set_num_threads(trainer.threads)
-    torch.manual_seed(trainer.seed)
-
+    setting = settle(cfg, output_dir)
+    trainer, device, distributed = setting.trainer, setting.device, setting.distributed
     data = make(
-        "dataset",
-        cfg.dataset,
-        batch_size=trainer.batch_size,
-        shuffle_seed=trainer.seed,
-        device=device,
-        rank=distributed.rank,
-        world_size=distributed.world_size,
-    )
-    backbone = make("backbone", cfg.backbone)
-    tasks: dict[str, Task] = {
-        name: make(
-            f"tasks.{name}",
-            cfg.tasks[name],
-            name=name,
-            info=data.info,
-            in_channels=backbone.out_channels,
-            stride=backbone.stride,
-        )
-        for name in task_names
-    }
-    weighting = make("weighting", cfg.weighting)
-    weighting.setup(task_names)
-    model = make(
-        "model",
-        cfg.model,
-        backbone=backbone,
-        new_backbone=partial(make, "backbone", cfg.backbone),
-        heads={name: task.head for name, task in tasks.items()},
-        needs_task_parameters="task_parameters" in weighting.requires(),
-    ).to(device)
-    check_model_fits(model, weighting, trainer, str(cfg.model.get("sharing")))
-    if distributed.enabled:
-        weighting.check_data_parallel()
-        model = synchronise_batch_norm(model, distributed)
-        distributed.copy_from_main(model)  # every rank starts from rank 0's weights
-    if trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
-    weighting.to(device)
-    optimizer = make(
-        "optimizer", cfg.optimizer, params=[*model.parameters(), *weighting.parameters()]
-    )
-    check_schedule(cfg.scheduler, optimizer, trainer.epochs)
-    scheduler = make("scheduler", cfg.scheduler, optimizer=optimizer)
-
-    directions: dict[str, Direction] = {}
-    for name, task in tasks.items():
-        directions.update(
-            {f"val/{name}/{metric}": way for metric, way in task.metric_directions.items()}
-        )
-        directions[f"val/{name}/loss"] = Direction.MIN
-    first = tasks[task_names[0]]
-    monitor = (
-        f"val/{first.name}/{first.main_metric}" if trainer.monitor == "auto" else trainer.monitor
-    )
-    if monitor not in directions:
-        raise UserError(
-            f"trainer.monitor={monitor} is not a metric of this run; "
-            f"choose one of: {', '.join(directions)}"
-        )
-
+        "dataset", cfg.dataset, batch_size=trainer.batch_size, shuffle_seed=trainer.seed,
+        device=device, rank=distributed.rank, world_size=distributed.world_size,
+    )  # fmt: skip
+    tasks, weighting, model = build_model(cfg, data.info, setting)
+    players = [player for task in tasks.values() for player in task.players(tasks)]
+    player_modules = [player.module for player in players]
+    optimizer, scheduler = build_optimizer(cfg, model, weighting, trainer.epochs)
+    directions, monitor = metric_directions(tasks, trainer.monitor)
     if distributed.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    purge_step = resume.content["step"] + 1 if resume else None
+        setting.output_dir.mkdir(parents=True, exist_ok=True)
     return Run(
         trainer=trainer,
         device=device,
@@ -248,17 +145,147 @@ def build(
         weighting=weighting,
         optimizer=optimizer,
         scheduler=scheduler,
-        output_dir=output_dir,
-        # Rank 0 alone logs and prints.
-        loggers=[TensorBoardLogger(output_dir, purge_step)] if distributed.is_main else [],
+        output_dir=setting.output_dir,
+        loggers=loggers(setting),
         console=console or Console(trainer.progress if distributed.is_main else "none"),
         monitor=monitor,
         directions=directions,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        hparams=hparams(cfg, task_names, choices or {}),
-        resume=resume,
+        hparams=hparams(cfg, list(tasks), choices or {}),
+        nonfinite=nonfinite_policy(trainer, list(tasks), distributed, [model, *player_modules]),
+        resume=setting.resume,
         distributed=distributed,
+        players=players,
+        player_optimizers=[player_optimizer(player, setting) for player in players],
     )
+
+
+def settle(cfg: DictConfig, output_dir: Path) -> Setting:
+    """Check the config's shape and the trainer settings; start the process group; find a
+    checkpoint to resume from (verified now, so a bad one stops the run before it starts)."""
+    missing = [group for group in REQUIRED_GROUPS if cfg.get(group) is None]
+    if missing:
+        raise UserError(
+            f"the config has no {', '.join(missing)}; select an option of each "
+            "(e.g. optimizer=adam), do not delete them with ~"
+        )
+    trainer = trainer_config(cfg)
+    if not list(cfg.get("tasks") or {}):
+        raise UserError(
+            "no tasks selected; pick at least one, e.g. 'tasks=[cls]' or 'tasks=[cls,seg,gen]'"
+        )
+    device = resolve_device(trainer.device)
+    distributed = start(trainer.strategy, device.type == "cuda")
+    if distributed.enabled:
+        device = distributed.device()
+        output_dir = distributed.share(output_dir)  # rank 0's run folder, for every rank
+    # A checkpoint named by `resume=`, or one the run folder already holds (a re-run sweep
+    # job, a requeued job).
+    if not isinstance(cfg.get("resume"), str | None):
+        raise UserError(
+            f"resume must be a path (a run folder or a .pt file) or null, got {cfg.resume!r}"
+        )
+    resume = checkpoint.find_resume(cfg.get("resume"), output_dir, trainer.keep_checkpoints)
+    if trainer.threads > 0:
+        torch.set_num_threads(trainer.threads)
+    torch.manual_seed(trainer.seed)
+    return Setting(trainer, device, distributed, output_dir, resume)
+
+
+def build_model(
+    cfg: DictConfig, info: DatasetInfo, setting: Setting
+) -> tuple[dict[str, Task], Weighting, MultiTaskModel]:
+    """The tasks (with their heads), the weighting and the model that joins the heads to
+    the backbone, on the device."""
+    backbone = make("backbone", cfg.backbone)
+    tasks: dict[str, Task] = {
+        name: make(
+            f"tasks.{name}",
+            cfg.tasks[name],
+            name=name,
+            info=info,
+            in_channels=backbone.out_channels,
+            stride=backbone.stride,
+        )
+        for name in cfg.tasks
+    }
+    weighting = make("weighting", cfg.weighting)
+    weighting.setup(list(tasks))
+    model = make(
+        "model",
+        cfg.model,
+        backbone=backbone,
+        new_backbone=partial(make, "backbone", cfg.backbone),
+        heads={name: task.head for name, task in tasks.items()},
+        needs_task_parameters="task_parameters" in weighting.requires(),
+    ).to(setting.device)
+    check_model_fits(model, weighting, setting.trainer, str(cfg.model.get("sharing")))
+    if setting.distributed.enabled:
+        weighting.check_data_parallel()
+        model = synchronise_batch_norm(model, setting.distributed)
+        setting.distributed.copy_from_main(model)  # every rank starts from rank 0's weights
+    if setting.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    weighting.to(setting.device)
+    return tasks, weighting, model
+
+
+def build_optimizer(
+    cfg: DictConfig, model: MultiTaskModel, weighting: Weighting, epochs: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The model's optimizer (it also trains the weighting's own parameters) and its
+    learning-rate schedule, checked over the whole run."""
+    optimizer = make(
+        "optimizer", cfg.optimizer, params=[*model.parameters(), *weighting.parameters()]
+    )
+    check_schedule(cfg.scheduler, optimizer, epochs)
+    return optimizer, make("scheduler", cfg.scheduler, optimizer=optimizer)
+
+
+def player_optimizer(player: Player, setting: Setting) -> torch.optim.Optimizer:
+    """A second player's own Adam, on its own settings (a GAN's TTUR learning rates)."""
+    player.module.to(setting.device)
+    if setting.distributed.enabled:
+        setting.distributed.copy_from_main(player.module)
+    if setting.trainer.channels_last:
+        player.module.to(memory_format=torch.channels_last)
+    try:
+        return torch.optim.Adam(player.module.parameters(), **player.settings)
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"tasks.{player.task}: the {player.name}'s optimizer settings {player.settings} are "
+            f"invalid ({first_line(error)})"
+        ) from error
+
+
+def metric_directions(
+    tasks: dict[str, Task], monitor_setting: str
+) -> tuple[dict[str, Direction], str]:
+    """Every reported metric with its direction, and the metric `trainer.monitor` names."""
+    directions: dict[str, Direction] = {}
+    for name, task in tasks.items():
+        directions.update(
+            {f"val/{name}/{metric}": way for metric, way in task.metric_directions.items()}
+        )
+        directions[f"val/{name}/loss"] = Direction.MIN
+    first = next(iter(tasks.values()))
+    monitor = (
+        f"val/{first.name}/{first.main_metric}" if monitor_setting == "auto" else monitor_setting
+    )
+    if monitor not in directions:
+        raise UserError(
+            f"trainer.monitor={monitor} is not a metric of this run; "
+            f"choose one of: {', '.join(directions)}"
+        )
+    return directions, monitor
+
+
+def loggers(setting: Setting) -> list[Logger]:
+    """TensorBoard on rank 0 alone; a resumed run's events continue after its step."""
+    if not setting.distributed.is_main:
+        return []
+    purge_step = setting.resume.content["step"] + 1 if setting.resume else None
+    return [TensorBoardLogger(setting.output_dir, purge_step)]
 
 
 def check_model_fits(
@@ -280,8 +307,6 @@ def check_model_fits(
             "model has none; set model.adapter=conv (or auto), or model.sharing=soft or "
             "cross_stitch"
         )
-    if trainer.relations_every_n_steps < 0:
-        raise UserError("trainer.relations_every_n_steps must be >= 0 (0 = off)")
     if trainer.relations_every_n_steps > 0 and not model.shared_parameters():
         raise UserError(
             "trainer.relations_every_n_steps measures the tasks' gradients on shared "

@@ -51,11 +51,34 @@ class MultiTaskModel(nn.Module):
         features = self.backbone(images)
         return features, dict.fromkeys(self.heads, features)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def forward(
+        self, images: Tensor, extra_inputs: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Features and every head's output.
+
+        Args:
+            images: the batch.
+            extra_inputs: {task name: more images} that only that task's head reads (after
+                the batch's own), e.g. a shared discriminator's generated images. They pass
+                through the trunk together with the batch, so the returned features cover
+                both and every loss reaches the trunk through them.
+        """
+        extra_inputs = extra_inputs or {}
+        count = len(images)
+        if extra_inputs:
+            images = torch.cat([images, *extra_inputs.values()])
         features, task_features = self.encode(images)
+        offsets, start = {}, count
+        for name, extra in extra_inputs.items():
+            offsets[name], start = (start, start + len(extra)), start + len(extra)
         outputs = {}
         for name, head in self.heads.items():
             read = task_features[name]
+            if extra_inputs:
+                own = read[:count]
+                if name in offsets:
+                    own = torch.cat([own, read[offsets[name][0] : offsets[name][1]]])
+                read = own
             outputs[name] = head(self.adapters[name](read) if name in self.adapters else read)
         return features, outputs
 

@@ -2,12 +2,15 @@
 
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
+
+if TYPE_CHECKING:
+    from mtlrun.players import Player
 
 
 class Direction(str, Enum):
@@ -72,3 +75,34 @@ class Task(ABC):
     def pictures(self, images: Tensor, output: Any, target: Any) -> dict[str, Tensor]:
         """Images for TensorBoard, each a (3, H, W) float grid in [0, 1]; none by default."""
         return {}
+
+    # Optional hooks. The defaults fit a plain supervised task; a generative task overrides
+    # them to bring a second player, extra images for the shared trunk and its own state.
+
+    def select_target(self, targets: dict[str, Any]) -> Any:
+        """What this task's loss and metrics receive from a batch's `targets`."""
+        return targets[self.target]
+
+    def extra_inputs(self, target: Any) -> Tensor | None:
+        """Images this task wants the shared trunk to see beside the batch's own (a shared
+        discriminator's generated images), or None. The head then reads the features of
+        the batch's images followed by those of these images."""
+        return None
+
+    def players(self, tasks: "dict[str, Task]") -> "list[Player]":
+        """Second players this task brings (see `mtlrun.players`), given the run's tasks."""
+        return []
+
+    def after_step(self) -> None:  # noqa: B027  (an optional hook)
+        """Called after every training step (e.g. to update an EMA copy of a network)."""
+
+    def train_scalars(self) -> dict[str, Tensor]:
+        """Detached values of the latest training step to log as `train/<name>/<key>`."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State outside the model that checkpoints must carry (e.g. an EMA copy)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+        """Restore what `state_dict` returned."""
