@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from fakes import fake_data_overrides
 from mtlrun.build import build
 from mtlrun.cli import GROUPS, config_dir
-from mtlrun.engine import Run, TrainerConfig
+from mtlrun.engine import Run, TrainerConfig, model_outputs
 from mtlrun.errors import UserError
 
 ComposeConfig = Callable[..., DictConfig]
@@ -118,11 +118,14 @@ def build_and_forward(cfg: DictConfig, output_dir: Path) -> Run:
     batch = next(iter(run.data.val_batches()))
     images = batch["image"][:4]
     run.model.eval()
-    with torch.no_grad():
-        _, outputs = run.model(images)
+    targets = {
+        name: task.select_target(slice_batch(batch["targets"], 4))
+        for name, task in run.tasks.items()
+    }
+    with torch.no_grad():  # as the loop does it: with the extra images tasks ask for
+        _, outputs = model_outputs(run, images, targets)
     for name, task in run.tasks.items():
-        target = slice_batch(batch["targets"][task.target], 4)
-        loss = task.loss(outputs[name], target)
+        loss = task.loss(outputs[name], targets[name])
         assert loss.ndim == 0 and torch.isfinite(loss), f"task {name}: loss {loss}"
     return run
 

@@ -214,6 +214,7 @@ def test_tensorboard_has_pictures_of_every_drawing_task(
 RANDOM_TRAINING = ("tasks=[cls,gen]", "tasks.cls.dropout=0.5", "tasks.gen.variant=vae")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["none", "cosine", "step"])
 def test_resume_continues_exactly_like_a_straight_run(
     scheduler: str, compose_tiny: ComposeConfig, tmp_path: Path
@@ -264,6 +265,7 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(
         train(compose_tiny, tmp_path / "run", f"resume={path}")
 
 
+@pytest.mark.slow
 def test_resume_from_a_missing_path(compose_tiny: ComposeConfig, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no checkpoint"):
         train(compose_tiny, tmp_path / "run", f"resume={tmp_path / 'nowhere'}")
@@ -396,6 +398,7 @@ def test_a_rerun_into_a_finished_run_folder_trains_nothing(
     assert sorted(finished.folder.glob("events.out.tfevents.*")) == events_before
 
 
+@pytest.mark.slow
 def test_a_rerun_into_an_unfinished_run_folder_resumes_from_its_checkpoint(
     compose_tiny: ComposeConfig, tmp_path: Path
 ) -> None:

@@ -86,7 +86,10 @@ class GenerationTask(Task):
     ) -> None:
         super().__init__(name, target, info)
         if variant not in ("ae", "vae"):
-            raise UserError(f"tasks.{name}.variant must be 'ae' or 'vae', got '{variant}'")
+            raise UserError(
+                f"tasks.{name}.variant must be 'ae' or 'vae', got '{variant}'; for a GAN select "
+                "the gan task instead, e.g. 'tasks=[cls,seg,gan]'"
+            )
         self.variational = variant == "vae"
         self.head = GenerationHead(
             in_channels, hidden, stride, self.variational, latent_channels, info.image_size

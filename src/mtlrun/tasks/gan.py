@@ -1,0 +1,464 @@
+"""`gen` with `variant: gan`: a generator trained against a discriminator, judged by sample
+quality (FID, KID, precision/recall in a fixed reference network's features).
+
+Two ways to place the discriminator (`discriminator`):
+
+- `shared`: the run's backbone *is* the discriminator's trunk. The model step trains it on
+  every supervised task (real images) and on the real/fake loss of this task's head (real
+  and generated images pass through the trunk together), all through the run's weighting.
+  The generator is the second player (`mtlrun.players`): its loss is the adversarial term
+  of the real/fake head on its images plus, with a condition, the losses of the run's own
+  heads for the conditioned target on those images (the `cls` head as an auxiliary
+  classifier, AC-GAN, Odena et al. 2017; the `seg` head recovering the input layout, in the
+  spirit of OASIS, Schönfeld et al. 2021), times `semantic_weight`.
+- `own`: a separate SNGAN-style discriminator (Miyato et al. 2018) is the second player; the
+  generator sits in the model as this task's head (it reads no shared features) and its
+  adversarial loss is this task's loss. Nothing is shared with the other tasks.
+
+Which losses each player's update sees:
+
+    player          shared discriminator                      own discriminator
+    model step      supervised losses + D loss (weighting)    supervised losses + G loss
+    second player   G loss + semantic terms (own Adam)        D loss + lazy R1 (own Adam)
+
+Conditions (`condition`): `class` (class-conditional BatchNorm in the generator; projection
+discriminator, Miyato & Koyama 2018, with `own`), `layout` (SPADE generator, Park et al.
+2019, from the dataset's segmentation map; the layout is given to an own discriminator).
+The generator's EMA copy (`ema_decay`) makes the evaluation samples and pictures.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.utils import make_grid
+
+from mtlrun.data import DatasetInfo
+from mtlrun.errors import UserError
+from mtlrun.models.adversarial_losses import (
+    LOSSES,
+    discriminator_loss,
+    generator_loss,
+    r1_penalty,
+)
+from mtlrun.models.ema import ModelEMA
+from mtlrun.models.gan import Discriminator, Generator, RealFakeHead
+from mtlrun.players import ModelForward, Player
+from mtlrun.quality.features import ReferenceNetwork, load_reference, reference_path
+from mtlrun.quality.sample_quality import SampleQuality
+from mtlrun.tasks.base import Direction, Task
+from mtlrun.tasks.metrics import Mean
+from mtlrun.tasks.pictures import colourise
+
+CONDITIONS = ("none", "class", "layout")
+DISCRIMINATORS = ("shared", "own")
+# Two time-scale update rule (Heusel et al. 2017): the discriminator learns faster.
+TTUR = {"generator": 1e-4, "discriminator": 4e-4}
+EVAL_SEED = 0  # the same noise at every evaluation, so that values and pictures compare
+
+
+class GeneratorHead(nn.Module):
+    """The generator as the model's head (`discriminator: own`): it reads no features, and
+    exists in the model so that the model's optimizer trains it."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features.new_zeros(len(features), 0)
+
+
+class CountedDiscriminator(nn.Module):
+    """An own discriminator with a step counter (a buffer, so checkpoints carry it) for the
+    lazy R1 schedule."""
+
+    def __init__(self, network: Discriminator) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+@dataclass
+class Condition:
+    """What the generator is conditioned on, from the batch's targets."""
+
+    kind: str
+    target: str | None  # the batch target holding it
+    classes: int  # classes of that target (0: none)
+
+
+class GANTask(Task):
+    """A GAN (see the module docstring for the two placements of the discriminator).
+
+    Metrics (on `num_samples` generated vs real validation images, in the features of the
+    reference network named by `quality_features`): `fid`, `kid` (lower-better),
+    `precision`, `recall` (higher-better); with `condition: class` also `class_accuracy`
+    (the reference classifier's accuracy on generated images for their conditioned class)
+    and `class_accuracy_real` (on the real ones); with `layout`, `layout_miou` and
+    `layout_miou_real` (the reference segmenter's mIoU against the input layouts).
+    `val/<name>/loss` is the discriminator's loss on real validation images vs samples.
+    """
+
+    metric_directions = {
+        "fid": Direction.MIN,
+        "kid": Direction.MIN,
+        "precision": Direction.MAX,
+        "recall": Direction.MAX,
+        "class_accuracy": Direction.MAX,
+        "class_accuracy_real": Direction.MAX,
+        "layout_miou": Direction.MAX,
+        "layout_miou_real": Direction.MAX,
+    }
+    main_metric = "fid"
+
+    def __init__(
+        self,
+        name: str,
+        info: DatasetInfo,
+        in_channels: int,
+        stride: int,
+        target: str = "gen",
+        discriminator: str = "shared",
+        loss: str = "hinge",
+        condition: str = "none",
+        class_target: str = "cls",
+        layout_target: str = "seg",
+        noise_dim: int = 128,
+        hidden: int = 256,
+        discriminator_hidden: int = 128,
+        spectral_norm: bool = True,
+        n_critic: int = 1,
+        r1_gamma: float = 0.0,
+        r1_every: int = 16,
+        semantic_weight: float = 1.0,
+        player_lr: float | None = None,
+        player_betas: tuple[float, float] = (0.0, 0.9),
+        ema_decay: float = 0.999,
+        ema_warmup: int = 100,
+        quality_features: str = "auto",
+        num_samples: int = 1000,
+    ) -> None:
+        super().__init__(name, target, info)
+        check_choices(name, discriminator=(discriminator, DISCRIMINATORS), loss=(loss, LOSSES),
+                      condition=(condition, CONDITIONS))  # fmt: skip
+        if n_critic < 1 or r1_every < 1 or num_samples < 4:
+            raise UserError(
+                f"tasks.{name}: n_critic and r1_every must be >= 1 and num_samples >= 4"
+            )
+        self.condition = self.find_condition(condition, class_target, layout_target)
+        self.shared, self.kind, self.n_critic = discriminator == "shared", loss, n_critic
+        self.r1_gamma, self.r1_every = r1_gamma, r1_every
+        self.semantic_weight, self.num_samples = semantic_weight, num_samples
+        classes = self.condition.classes
+        self.generator = Generator(
+            info.image_size,
+            noise_dim,
+            hidden,
+            num_classes=classes if condition == "class" else 0,
+            layout_classes=classes if condition == "layout" else 0,
+        )
+        if self.shared:
+            self.head: nn.Module = RealFakeHead(in_channels, spectral_norm=spectral_norm)
+            self.discriminator: CountedDiscriminator | None = None
+        else:
+            self.head = GeneratorHead(self.generator)
+            self.discriminator = CountedDiscriminator(
+                Discriminator(
+                    info.image_size,
+                    discriminator_hidden,
+                    num_classes=classes if condition == "class" else 0,
+                    layout_classes=classes if condition == "layout" else 0,
+                    spectral_norm=spectral_norm,
+                )
+            )
+        player = "generator" if self.shared else "discriminator"
+        self.player_settings = {"lr": player_lr or TTUR[player], "betas": tuple(player_betas)}
+        self.ema = ModelEMA(self.generator, ema_decay, ema_warmup)
+        self.reference = self.find_reference(quality_features)
+        self.metric_directions = self.reported_directions()
+        self.latest: dict[str, Tensor] = {}
+        self.quality: SampleQuality | None = None
+        self.class_hits, self.layout_hits = Mean(), Mean()
+        self.class_hits_real, self.layout_hits_real = Mean(), Mean()
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def find_condition(self, kind: str, class_target: str, layout_target: str) -> Condition:
+        """The conditioning target, checked against what the dataset provides."""
+        if kind == "none":
+            return Condition(kind, None, 0)
+        key = class_target if kind == "class" else layout_target
+        if key not in self.info.targets or key not in self.info.num_classes:
+            raise UserError(
+                f"tasks.{self.name}.condition={kind} needs the class-valued target '{key}', "
+                f"which dataset '{self.info.name}' does not provide (it has: "
+                f"{', '.join(sorted(self.info.targets))}); set tasks.{self.name}."
+                f"{kind}_target or condition=none"
+            )
+        return Condition(kind, key, self.info.num_classes[key])
+
+    def find_reference(self, setting: str) -> ReferenceNetwork | None:
+        """The fixed network whose features judge samples (never the run's own backbone)."""
+        name = self.info.name if setting == "auto" else setting
+        if setting == "none" or (setting == "auto" and not reference_path(name).is_file()):
+            return None
+        return load_reference(name)
+
+    def reported_directions(self) -> dict[str, Direction]:
+        if self.reference is None:
+            return {}
+        keys = ["fid", "kid", "precision", "recall"]
+        if self.condition.kind == "class":
+            keys += ["class_accuracy", "class_accuracy_real"]
+        if self.condition.kind == "layout":
+            keys += ["layout_miou", "layout_miou_real"]
+        return {key: type(self).metric_directions[key] for key in keys}
+
+    def players(self, tasks: dict[str, Task]) -> list[Player]:
+        if not self.shared:
+            assert self.discriminator is not None
+            return [DiscriminatorPlayer(self, self.discriminator)]
+        semantic = [
+            task
+            for task in tasks.values()
+            if task is not self and self.condition.target is not None
+            and task.target == self.condition.target
+        ]  # fmt: skip
+        return [GeneratorPlayer(self, semantic)]
+
+    # --- training -----------------------------------------------------------------------
+
+    def select_target(self, targets: dict[str, Any]) -> dict[str, Tensor]:
+        selected = {"image": targets[self.target]}
+        if self.condition.target is not None:
+            selected["condition"] = targets[self.condition.target]
+        return selected
+
+    def generate(self, target: dict[str, Tensor], network: Generator | None = None) -> Tensor:
+        """Images from fresh noise for the conditions in `target` (one per real image)."""
+        network = network or self.generator
+        images = target["image"]
+        noise = torch.randn(len(images), network.noise_dim, device=images.device)
+        return network(noise, **self.condition_arguments(target.get("condition")))
+
+    def condition_arguments(self, condition: Tensor | None) -> dict[str, Tensor | None]:
+        if self.condition.kind == "class":
+            return {"labels": condition}
+        if self.condition.kind == "layout":
+            return {"layout": condition}
+        return {}
+
+    def discriminate(self, images: Tensor, condition: Tensor | None) -> Tensor:
+        assert self.discriminator is not None
+        return self.discriminator.network(images, **self.condition_arguments(condition))
+
+    def extra_inputs(self, target: dict[str, Tensor]) -> Tensor | None:
+        if not self.shared:
+            return None
+        with torch.no_grad():
+            return self.generate(target).contiguous(memory_format=torch.channels_last)
+
+    def loss(self, output: Tensor, target: dict[str, Tensor]) -> Tensor:
+        if not self.shared:  # the model trains the generator against the own discriminator
+            fake_logits = self.discriminate(self.generate(target), target.get("condition"))
+            self.latest = {"d_fake": fake_logits.detach().float().mean()}
+            return generator_loss(self.kind, fake_logits)
+        count = len(target["image"])
+        real, fake = output[:count], output[count:]
+        self.latest = {
+            "d_real": real.detach().float().mean(),
+            "d_fake": fake.detach().float().mean(),
+        }
+        return discriminator_loss(self.kind, real, fake)
+
+    def after_step(self) -> None:
+        self.ema.module.to(next(self.generator.parameters()).device)
+        self.ema.update(self.generator)
+
+    def train_scalars(self) -> dict[str, Tensor]:
+        return self.latest
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "ema" in state:
+            self.ema.module.to(next(self.generator.parameters()).device)
+            self.ema.load_state_dict(state["ema"])
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def reset_metrics(self) -> None:
+        self.eval_noise = torch.Generator().manual_seed(EVAL_SEED)
+        self.seen = 0
+        if self.reference is not None:
+            self.quality = SampleQuality(self.reference)
+        for mean in (
+            self.class_hits,
+            self.layout_hits,
+            self.class_hits_real,
+            self.layout_hits_real,
+        ):
+            mean.reset()
+
+    @torch.no_grad()
+    def update_metrics(self, output: Tensor, target: dict[str, Tensor]) -> None:
+        """Samples of the EMA generator for the first `num_samples` validation images'
+        conditions, compared with those images."""
+        if self.quality is None or self.reference is None or self.seen >= self.num_samples:
+            return
+        count = min(len(target["image"]), self.num_samples - self.seen)
+        self.seen += count
+        real = target["image"][:count].float()
+        condition = target.get("condition")
+        condition = condition[:count] if condition is not None else None
+        fake = self.sample(count, condition, self.eval_noise)
+        self.reference.to(real.device)
+        self.quality.update_real(real)
+        self.quality.update_fake(fake)
+        if self.condition.kind == "class":
+            assert condition is not None
+            for hits, images in ((self.class_hits, fake), (self.class_hits_real, real)):
+                hits.update((self.reference.classify(images).argmax(1) == condition).float())
+        if self.condition.kind == "layout":
+            assert condition is not None
+            for hits, images in ((self.layout_hits, fake), (self.layout_hits_real, real)):
+                hits.update(self.layout_iou(self.reference.segment(images).argmax(1), condition))
+
+    def layout_iou(self, predicted: Tensor, layout: Tensor) -> Tensor:
+        """Per image, the mean IoU over the classes present in its layout or prediction."""
+        classes = self.condition.classes
+        valid = layout >= 0
+        hits = []
+        for image_predicted, image_layout, image_valid in zip(
+            predicted, layout, valid, strict=True
+        ):
+            p, t = image_predicted[image_valid], image_layout[image_valid]
+            confusion = torch.bincount(t * classes + p, minlength=classes * classes)
+            confusion = confusion.view(classes, classes).double()
+            union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
+            present = union > 0
+            hits.append((confusion.diag()[present] / union[present]).mean())
+        return torch.stack(hits)
+
+    def compute_metrics(self) -> dict[str, float]:
+        if self.quality is None or self.seen <= 3:
+            return {}
+        metrics = self.quality.compute()
+        if self.condition.kind == "class":
+            metrics["class_accuracy"] = self.class_hits.compute()
+            metrics["class_accuracy_real"] = self.class_hits_real.compute()
+        if self.condition.kind == "layout":
+            metrics["layout_miou"] = self.layout_hits.compute()
+            metrics["layout_miou_real"] = self.layout_hits_real.compute()
+        return metrics
+
+    def sample(self, count: int, condition: Tensor | None, noise: torch.Generator) -> Tensor:
+        """`count` images of the EMA generator from noise drawn from `noise`."""
+        network = self.ema.module.to(next(self.generator.parameters()).device)
+        inputs = network.sample_inputs(count, noise)
+        return network(inputs, **self.condition_arguments(condition)).float()
+
+    def pictures(
+        self, images: Tensor, output: Tensor, target: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Samples from fixed noise: a grid (unconditional), one row per class (`class`), or
+        layout | generated | real rows (`layout`)."""
+        noise = torch.Generator().manual_seed(EVAL_SEED)
+        columns = 8
+        if self.condition.kind == "class":
+            classes = self.condition.classes
+            device = target["image"].device
+            labels = torch.arange(classes, device=device).repeat_interleave(columns)
+            samples = self.sample(len(labels), labels, noise)
+            return {"samples_by_class": grid(samples, columns)}
+        if self.condition.kind == "layout":
+            layout = target["condition"]
+            samples = self.sample(len(layout), layout, noise)
+            rows = torch.cat(
+                [colourise(layout.cpu()), samples.cpu(), target["image"].float().cpu()]
+            )
+            return {"layout_generated_real": grid(rows, len(layout))}
+        return {"samples": grid(self.sample(4 * columns, None, noise), columns)}
+
+
+def grid(images: Tensor, columns: int) -> Tensor:
+    return make_grid(images.float().cpu().clamp(0, 1), nrow=columns, padding=1, pad_value=1.0)
+
+
+def check_choices(name: str, **settings: tuple[str, tuple[str, ...]]) -> None:
+    for key, (value, allowed) in settings.items():
+        if value not in allowed:
+            raise UserError(
+                f"tasks.{name}.{key} must be one of {', '.join(allowed)}, got '{value}'"
+            )
+
+
+class GeneratorPlayer(Player):
+    """The generator against a shared discriminator (the model): the adversarial term of the
+    task's real/fake head plus the semantic terms of the run's heads for the condition."""
+
+    def __init__(self, gan: GANTask, semantic: list[Task]) -> None:
+        self.gan, self.semantic = gan, semantic
+        self.task, self.name = gan.name, f"{gan.name}_generator"
+        self.module = gan.generator
+        self.settings = gan.player_settings
+        self.every, self.repeats = gan.n_critic, 1
+
+    def loss(
+        self, model: ModelForward, images: Tensor, target: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        fake = self.gan.generate(target).contiguous(memory_format=torch.channels_last)
+        _, outputs = model(fake)
+        fake_logits = outputs[self.gan.name]
+        adversarial = generator_loss(self.gan.kind, fake_logits)
+        reported = {
+            "g_adversarial": adversarial.detach(),
+            "d_fake_g": fake_logits.detach().float().mean(),
+        }
+        loss = adversarial
+        for task in self.semantic:
+            term = task.loss(outputs[task.name], target["condition"])
+            reported[f"semantic_{task.name}"] = term.detach()
+            loss = loss + self.gan.semantic_weight * term
+        return loss, reported
+
+
+class DiscriminatorPlayer(Player):
+    """An own discriminator: its loss on real images vs the generator's, plus R1 on the real
+    images every `r1_every` of its steps, scaled by `r1_every` (lazy regularisation,
+    Karras et al. 2020) and `r1_gamma / 2` (Mescheder et al. 2018)."""
+
+    def __init__(self, gan: GANTask, discriminator: CountedDiscriminator) -> None:
+        self.gan = gan
+        self.task, self.name = gan.name, f"{gan.name}_discriminator"
+        self.module = discriminator
+        self.settings = gan.player_settings
+        self.every, self.repeats = 1, gan.n_critic
+
+    def loss(
+        self, model: ModelForward, images: Tensor, target: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        gan, counter = self.gan, self.module.steps
+        with torch.no_grad():
+            fake = gan.generate(target)
+        real = target["image"]
+        regularise = gan.r1_gamma > 0 and int(counter) % gan.r1_every == 0
+        if regularise:
+            real = real.detach().requires_grad_(True)
+        condition = target.get("condition")
+        real_logits = gan.discriminate(real, condition)
+        fake_logits = gan.discriminate(fake, condition)
+        loss = discriminator_loss(gan.kind, real_logits, fake_logits)
+        reported = {
+            "d_real": real_logits.detach().float().mean(),
+            "d_fake": fake_logits.detach().float().mean(),
+        }
+        if regularise:
+            penalty = r1_penalty(real_logits, real)
+            reported["r1"] = penalty.detach()
+            loss = loss + gan.r1_gamma / 2 * gan.r1_every * penalty
+        counter += 1
+        return loss, reported

@@ -1,0 +1,171 @@
+"""The GAN task in the loop: each player's step leaves the other untouched (bit-exact),
+checkpoints hold both players, both optimizers and the EMA copy and resume exactly, a
+non-finite step skips both players, and bad settings are one line."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlrun.engine import fit, forward_losses, prepare_images, step_players, update
+from mtlrun.errors import UserError
+from mtlrun.players import frozen
+from mtlrun.run import Progress, Run
+from mtlrun.tasks.gan import GANTask
+from mtlrun.weighting import StepContext
+
+GAN = (
+    "tasks.gan.quality_features=none",
+    "tasks.gan.hidden=32",
+    "tasks.gan.discriminator_hidden=16",
+)
+SHARED = ("tasks=[cls,seg,gan]", *GAN)
+OWN = (
+    "tasks=[cls,gan]",
+    "tasks.gan.discriminator=own",
+    "tasks.gan.r1_gamma=1",
+    "tasks.gan.r1_every=1",
+    *GAN,
+)
+
+
+def snapshot(module: torch.nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
+    """Parameters (and buffers if asked) as copies: a step of one player may move the
+    other's BatchNorm statistics (it runs it), never its parameters."""
+    items = module.state_dict() if buffers else dict(module.named_parameters())
+    return {key: value.detach().clone() for key, value in items.items()}
+
+
+def same(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    now = module.state_dict()
+    return all(torch.equal(value, now[key]) for key, value in before.items())
+
+
+def first_batch(run: Run) -> tuple[torch.Tensor, dict]:
+    batch = next(iter(run.data.train_batches(0)))
+    targets = {name: task.select_target(batch["targets"]) for name, task in run.tasks.items()}
+    return prepare_images(batch["image"], run.trainer), targets
+
+
+def model_step(run: Run, images: torch.Tensor, targets: dict) -> None:
+    with frozen([player.module for player in run.players]):
+        features, losses = forward_losses(run, images, targets)
+    context = StepContext(run.model.shared_parameters(), features, step=0)
+    update(run, losses, context)
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("placement", [SHARED, OWN], ids=["shared", "own"])
+def test_each_players_step_leaves_the_other_untouched(build_tiny_run, tmp_path, placement):
+    run = build_tiny_run(tmp_path, *placement)
+    (player,) = run.players
+    images, targets = first_batch(run)
+    player_before, model_before = snapshot(player.module), snapshot(run.model)
+    model_step(run, images, targets)
+    assert same(player_before, player.module)  # the model step moved no player weight
+    assert not same(model_before, run.model)
+    assert all(p.grad is None for p in player.module.parameters())
+    player_before, model_before = snapshot(player.module), snapshot(run.model)
+    run.optimizer.zero_grad(set_to_none=True)
+    step_players(run, Progress(), images, targets)
+    assert not same(player_before, player.module)
+    assert same(model_before, run.model)  # the player's step moved no model weight
+    assert all(p.grad is None for p in run.model.parameters())  # nor left it a gradient
+    # Each optimizer holds state for its own player's parameters only.
+    player_parameters = set(player.module.parameters())
+    assert set(run.player_optimizers[0].state) <= player_parameters
+    assert not set(run.optimizer.state) & player_parameters
+
+
+def test_shared_discriminator_trunk_sees_generated_images(build_tiny_run, tmp_path):
+    run = build_tiny_run(tmp_path, *SHARED)
+    images, targets = first_batch(run)
+    features, _ = forward_losses(run, images, targets)
+    # Real and generated images pass through the trunk together.
+    assert len(features) == 2 * len(images)
+
+
+def test_semantic_terms_come_from_the_runs_heads_for_the_condition(build_tiny_run, tmp_path):
+    run = build_tiny_run(tmp_path, *SHARED, "tasks.gan.condition=layout")
+    (player,) = run.players
+    assert [task.name for task in player.semantic] == ["seg"]
+    images, targets = first_batch(run)
+    _, reported = player.loss(run.forward, images, targets["gan"])
+    assert "semantic_seg" in reported and torch.isfinite(reported["semantic_seg"])
+
+
+def finish(build_tiny_run, folder: Path, *overrides: str) -> tuple[Run, dict]:
+    run = build_tiny_run(folder, *overrides)
+    return run, fit(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("placement", [SHARED, OWN], ids=["shared", "own"])
+def test_resume_continues_both_players_and_the_ema_exactly(build_tiny_run, tmp_path, placement):
+    settings = (*placement, "trainer.epochs=2", "tasks.gan.ema_warmup=1", "tasks.gan.n_critic=2")
+    whole, whole_metrics = finish(build_tiny_run, tmp_path / "whole", *settings)
+    half = tmp_path / "half"
+    finish(build_tiny_run, half, *placement, "trainer.epochs=1", "tasks.gan.ema_warmup=1",
+           "tasks.gan.n_critic=2")  # fmt: skip
+    resumed, resumed_metrics = finish(build_tiny_run, half, *settings, f"resume={half}")
+    assert resumed_metrics["step"] == whole_metrics["step"]
+    for a, b in (
+        (whole.model, resumed.model),
+        (whole.players[0].module, resumed.players[0].module),
+    ):
+        assert same(snapshot(a), b)
+    whole_gan, resumed_gan = whole.tasks["gan"], resumed.tasks["gan"]
+    assert isinstance(whole_gan, GANTask) and isinstance(resumed_gan, GANTask)
+    assert whole_gan.ema.updates == resumed_gan.ema.updates
+    assert same(snapshot(whole_gan.ema.module, buffers=True), resumed_gan.ema.module)
+    for a, b in zip(whole.player_optimizers, resumed.player_optimizers, strict=True):
+        assert torch.equal(
+            a.state_dict()["state"][0]["exp_avg"], b.state_dict()["state"][0]["exp_avg"]
+        )
+
+
+@pytest.mark.slow
+def test_a_nonfinite_step_moves_neither_player(build_tiny_run, tmp_path, monkeypatch):
+    run = build_tiny_run(tmp_path, *SHARED, "trainer.nonfinite=skip")
+    gan = run.tasks["gan"]
+    real_loss = GANTask.loss
+
+    def poisoned(self, output, target):
+        return real_loss(self, output, target) * float("nan")
+
+    monkeypatch.setattr(GANTask, "loss", poisoned)
+    (player,) = run.players
+    model_before, player_before = snapshot(run.model), snapshot(player.module)
+    ema_before = snapshot(gan.ema.module)
+    fit(run)
+    assert same(model_before, run.model) and same(player_before, player.module)
+    assert same(ema_before, gan.ema.module)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tasks.gan.condition=class", None),
+        ("tasks.gan.class_target=nothing", "condition=class needs the class-valued target"),
+        ("tasks.gan.loss=wasserstein", "tasks.gan.loss must be one of hinge"),
+        ("tasks.gan.discriminator=both", "tasks.gan.discriminator must be one of shared, own"),
+        ("tasks.gan.n_critic=0", "n_critic and r1_every must be >= 1"),
+        ("tasks.gan.quality_features=nowhere", "reference network weights"),
+    ],
+)
+def test_bad_gan_settings_are_one_line(build_tiny_run, tmp_path, override, message):
+    overrides = (
+        (*SHARED, override) if message is None else (*SHARED, "tasks.gan.condition=class", override)
+    )
+    if message is None:
+        build_tiny_run(tmp_path, *overrides)  # a valid setting builds
+        return
+    if "quality_features" in override:
+        overrides = tuple(item for item in overrides if not item.startswith("tasks.gan.quality"))
+        overrides = (*overrides, override)
+    with pytest.raises(UserError, match=message) as raised:
+        build_tiny_run(tmp_path, *overrides)
+    assert "\n" not in str(raised.value)
