@@ -27,7 +27,7 @@ run: $(STAMP) ## train the default experiment on the built-in shapes dataset (AR
 test: $(STAMP) ## the fast tests, a minute or two (not those marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-test-all: $(STAMP) ## every test, slow ones too (what CI runs)
+test-all: $(STAMP) lint ## lint, then every test, slow ones too (what CI runs)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 smoke: $(STAMP) ## a few training steps of everything, on CPU
