@@ -20,6 +20,7 @@ GAN = (
     "tasks.gan.discriminator_hidden=16",
 )
 SHARED = ("tasks=[cls,seg,gan]", *GAN)
+VAE_GAN = ("tasks=[cls,gen]", "tasks.gen.adversarial=0.1", "tasks.gen.discriminator_hidden=16")
 OWN = (
     "tasks=[cls,gan]",
     "tasks.gan.discriminator=own",
@@ -58,7 +59,7 @@ def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize("placement", [SHARED, OWN], ids=["shared", "own"])
+@pytest.mark.parametrize("placement", [SHARED, OWN, VAE_GAN], ids=["shared", "own", "vae-gan"])
 def test_each_players_step_leaves_the_other_untouched(build_tiny_run, tmp_path, placement):
     run = build_tiny_run(tmp_path, *placement)
     (player,) = run.players
@@ -169,3 +170,20 @@ def test_bad_gan_settings_are_one_line(build_tiny_run, tmp_path, override, messa
     with pytest.raises(UserError, match=message) as raised:
         build_tiny_run(tmp_path, *overrides)
     assert "\n" not in str(raised.value)
+
+
+def test_the_vae_gan_term_adds_the_adversarial_loss_on_reconstructions(build_tiny_run, tmp_path):
+    plain = build_tiny_run(tmp_path / "plain", "tasks=[gen]")
+    adversarial = build_tiny_run(
+        tmp_path / "adversarial", "tasks=[gen]", "tasks.gen.adversarial=0.5"
+    )
+    assert plain.players == [] and len(adversarial.players) == 1
+    adversarial.model.load_state_dict(plain.model.state_dict(), strict=False)
+    images, targets = first_batch(plain)
+    task = adversarial.tasks["gen"]
+    task.discriminator.eval()  # spectral norm's power iteration would move between the calls
+    _, outputs = adversarial.model(images)
+    mse = plain.tasks["gen"].loss(outputs["gen"], targets["gen"])
+    total = task.loss(outputs["gen"], targets["gen"])
+    logits = task.discriminator(outputs["gen"]["image"])
+    assert torch.allclose(total, mse + 0.5 * -logits.mean())  # the hinge generator loss

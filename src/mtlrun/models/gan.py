@@ -293,6 +293,9 @@ class RealFakeHead(nn.Module):
         num_classes: > 0 adds the class projection.
         spectral_norm: wrap the conv, the linear layer and the embedding in spectral norm.
         activation: negative slope of the leaky ReLU after the conv; 0 is a plain ReLU.
+        pooling: "sum" (SNGAN, for a fully spectral-normalised discriminator) or "mean"
+            (for a trunk without spectral norm, shared with other tasks: sum pooling there
+            gives logits in the tens to hundreds, where the hinge loss is flat).
     """
 
     def __init__(
@@ -301,8 +304,12 @@ class RealFakeHead(nn.Module):
         num_classes: int = 0,
         spectral_norm: bool = True,
         activation: float = 0.0,
+        pooling: str = "sum",
     ) -> None:
         super().__init__()
+        if pooling not in ("sum", "mean"):
+            raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
+        self.pooling = pooling
         self.conv = _conv(in_channels, in_channels, 3, 1, spectral_norm)
         self.slope = activation
         self.linear = _maybe_spectral_norm(nn.Linear(in_channels, 1), spectral_norm)
@@ -313,7 +320,8 @@ class RealFakeHead(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits [B]; `labels` are required when the head has classes."""
-        pooled = F.leaky_relu(self.conv(features), self.slope).sum(dim=(2, 3))
+        activated = F.leaky_relu(self.conv(features), self.slope)
+        pooled = activated.sum(dim=(2, 3)) if self.pooling == "sum" else activated.mean(dim=(2, 3))
         logits = self.linear(pooled).squeeze(1)
         if self.embed is not None:
             if labels is None:

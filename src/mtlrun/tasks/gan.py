@@ -160,7 +160,9 @@ class GANTask(Task):
             layout_classes=classes if condition == "layout" else 0,
         )
         if self.shared:
-            self.head: nn.Module = RealFakeHead(in_channels, spectral_norm=spectral_norm)
+            self.head: nn.Module = RealFakeHead(
+                in_channels, spectral_norm=spectral_norm, pooling="mean"
+            )
             self.discriminator: CountedDiscriminator | None = None
         else:
             self.head = GeneratorHead(self.generator)
@@ -393,6 +395,13 @@ def grid(images: Tensor, columns: int) -> Tensor:
     return make_grid(images, nrow=columns, padding=2, pad_value=1.0)
 
 
+def generated_rows(value: Any, start: int) -> Any:
+    """A head's output for the rows from `start` on (tensors, or dicts of them)."""
+    if isinstance(value, dict):
+        return {key: generated_rows(item, start) for key, item in value.items()}
+    return value[start:]
+
+
 def check_choices(name: str, **settings: tuple[str, tuple[str, ...]]) -> None:
     for key, (value, allowed) in settings.items():
         if value not in allowed:
@@ -416,7 +425,11 @@ class GeneratorPlayer(Player):
         self, model: ModelForward, images: Tensor, target: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         fake = self.gan.generate(target).contiguous(memory_format=torch.channels_last)
-        _, outputs = model(fake)
+        # Real and generated images pass through the trunk together, as in the model's step,
+        # so that its BatchNorm layers judge both with the same batch statistics there and
+        # here; the real half only steadies those statistics.
+        _, outputs = model(torch.cat([images.detach(), fake]))
+        outputs = {name: generated_rows(value, len(images)) for name, value in outputs.items()}
         fake_logits = outputs[self.gan.name]
         adversarial = generator_loss(self.gan.kind, fake_logits)
         reported = {

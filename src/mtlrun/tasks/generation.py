@@ -1,4 +1,7 @@
-"""`gen`: image generation: reconstruct the input (autoencoder) or also sample (VAE)."""
+"""`gen`: image generation: reconstruct the input (autoencoder) or also sample (VAE), with an
+optional adversarial term on the reconstructions (VAE-GAN, Larsen et al. 2016)."""
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +10,10 @@ from torchvision.utils import make_grid
 
 from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
+from mtlrun.models.adversarial_losses import LOSSES, discriminator_loss, generator_loss
 from mtlrun.models.decoders import UpsampleDecoder
+from mtlrun.models.gan import Discriminator
+from mtlrun.players import ModelForward, Player
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import Mean
 from mtlrun.tasks.pictures import side_by_side
@@ -65,12 +71,18 @@ class GenerationTask(Task):
     divided by the number of image values, so that `beta` is on the same per-pixel scale.
     Metrics: `psnr` (dB, per image, averaged; higher-better) and for `vae` also `kl`
     (per image, lower-better).
+
+    With `adversarial` > 0 an own spectral-normalised discriminator (a second player, see
+    `mtlrun.players`) learns to tell the images from their reconstructions, and the loss
+    adds `adversarial` times the generator's adversarial loss on the reconstructions, for
+    sharper images than the squared error alone gives (Larsen et al. 2016).
     """
 
     # Every metric this task type can report, for readers that do not build the task
     # (mtlrun-report); an instance narrows it to its variant's metrics.
     metric_directions = {"psnr": Direction.MAX, "kl": Direction.MIN}
     main_metric = "psnr"
+    head: GenerationHead
 
     def __init__(
         self,
@@ -83,8 +95,24 @@ class GenerationTask(Task):
         hidden: int = 64,
         latent_channels: int = 16,
         beta: float = 1.0,
+        adversarial: float = 0.0,
+        adversarial_loss: str = "hinge",
+        discriminator_hidden: int = 64,
+        discriminator_lr: float = 4e-4,
     ) -> None:
         super().__init__(name, target, info)
+        if adversarial < 0 or adversarial_loss not in LOSSES:
+            raise UserError(
+                f"tasks.{name}: adversarial must be >= 0 and adversarial_loss one of "
+                f"{', '.join(LOSSES)}, got {adversarial} and '{adversarial_loss}'"
+            )
+        self.adversarial, self.adversarial_loss = adversarial, adversarial_loss
+        self.discriminator = (
+            Discriminator(info.image_size, discriminator_hidden) if adversarial > 0 else None
+        )
+        self.discriminator_lr = discriminator_lr
+        self.reconstruction: Tensor | None = None  # this step's, for the discriminator
+        self.latest: dict[str, Tensor] = {}
         if variant not in ("ae", "vae"):
             raise UserError(
                 f"tasks.{name}.variant must be 'ae' or 'vae', got '{variant}'; for a GAN select "
@@ -106,7 +134,20 @@ class GenerationTask(Task):
         if self.variational:
             kl = kl_per_sample(output["mean"], output["log_variance"]).mean()
             loss = loss + self.beta * kl / self.values_per_image
+        if self.discriminator is not None:
+            self.reconstruction = output["image"].detach()
+            fake_logits = self.discriminator(output["image"])
+            self.latest = {"d_fake": fake_logits.detach().float().mean()}
+            loss = loss + self.adversarial * generator_loss(self.adversarial_loss, fake_logits)
         return loss
+
+    def players(self, tasks: dict[str, Task]) -> list[Player]:
+        if self.discriminator is None:
+            return []
+        return [ReconstructionCritic(self, self.discriminator)]
+
+    def train_scalars(self) -> dict[str, Tensor]:
+        return self.latest
 
     def reset_metrics(self) -> None:
         self.psnr.reset()
@@ -133,3 +174,24 @@ class GenerationTask(Task):
             samples = self.head.sample(len(images), generator)
             pictures["samples"] = make_grid(samples.float().cpu(), nrow=4, padding=1, pad_value=1.0)
         return pictures
+
+
+class ReconstructionCritic(Player):
+    """The discriminator of `gen` with `adversarial` > 0: real images vs this step's
+    reconstructions (taken from the model's step, so no second forward pass)."""
+
+    def __init__(self, task: GenerationTask, discriminator: Discriminator) -> None:
+        self.generation = task
+        self.task, self.name = task.name, f"{task.name}_discriminator"
+        self.module = discriminator
+        self.settings = {"lr": task.discriminator_lr, "betas": (0.0, 0.9)}
+
+    def loss(
+        self, model: ModelForward, images: Tensor, target: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        reconstruction = self.generation.reconstruction
+        if reconstruction is None:  # cannot happen: the model's step always comes first
+            raise RuntimeError("the discriminator stepped before any reconstruction")
+        real_logits, fake_logits = self.module(target), self.module(reconstruction)
+        loss = discriminator_loss(self.generation.adversarial_loss, real_logits, fake_logits)
+        return loss, {"d_real": real_logits.detach().float().mean()}
