@@ -11,6 +11,7 @@ of the run depends on, and the data order is a pure function of (seed, epoch).
 """
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -339,7 +340,7 @@ def evaluate_on_main(run: Run, step: int) -> dict[str, float]:
 
 
 def log_relations(
-    run: Run, losses: dict[str, Tensor], shared_parameters: list[Tensor], step: int
+    run: Run, losses: dict[str, Tensor], shared_parameters: Sequence[Tensor], step: int
 ) -> None:
     """Measure the task-relation matrix before the step's own backward pass (which zeroes
     the gradients this leaves on the heads); log it and write relations.json."""

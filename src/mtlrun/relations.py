@@ -7,6 +7,7 @@ Multi-Task Learning", NeurIPS 2020). Measuring costs one extra backward pass per
 the measured steps only.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -71,7 +72,7 @@ class TaskRelations:
 
 
 def measure_relations(
-    losses: dict[str, Tensor], shared_parameters: list[Tensor], step: int
+    losses: dict[str, Tensor], shared_parameters: Sequence[Tensor], step: int
 ) -> TaskRelations:
     """Per-task gradients on the shared parameters and their cosine matrix.
 

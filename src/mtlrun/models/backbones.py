@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mtlrun.errors import UserError
 from mtlrun.models.decoders import ASPPNeck, FPNNeck, conv_bn_relu
 
-__all__ = ["Backbone", "ConvNet", "ResNet", "ResNet18", "conv_bn_relu"]
+__all__ = ["Backbone", "ConvNet", "ResNet", "ResNet18", "conv_bn_relu", "feature_shape"]
 
 
 class Backbone(nn.Module):
@@ -41,6 +41,18 @@ class Backbone(nn.Module):
             features = stage(features)
             outputs.append(features)
         return self.neck(outputs)
+
+
+def feature_shape(backbone: nn.Module) -> tuple[int, int]:
+    """The `out_channels` and `stride` a backbone states: a `Backbone` declares them, and any
+    other module used as a backbone must set them as ints too."""
+    out_channels, stride = backbone.out_channels, backbone.stride
+    if not isinstance(out_channels, int) or not isinstance(stride, int):
+        raise UserError(
+            f"backbone {type(backbone).__name__} must set out_channels and stride as ints, "
+            f"got {out_channels!r} and {stride!r}"
+        )
+    return out_channels, stride
 
 
 class ConvNet(Backbone):
@@ -84,6 +96,9 @@ NECKS = ("none", "fpn", "aspp")
 
 class ImageNetNormalize(nn.Module):
     """(x - mean) / std with ImageNet's channel statistics, which pretrained weights expect."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self) -> None:
         super().__init__()

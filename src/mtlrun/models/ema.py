@@ -3,15 +3,17 @@ evaluated with (Yazıcı et al., "The Unusual Effectiveness of Averaging in GAN 
 ICLR 2019; Karras et al., "Progressive Growing of GANs", ICLR 2018)."""
 
 import copy
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
 __all__ = ["ModelEMA"]
 
+M = TypeVar("M", bound=nn.Module)
 
-class ModelEMA:
+
+class ModelEMA(Generic[M]):
     """Holds `module`, a frozen deep copy of a module whose parameters track the live one's.
 
     `update(live)` sets p_ema = decay * p_ema + (1 - decay) * p for every parameter and copies
@@ -30,7 +32,7 @@ class ModelEMA:
         warmup_steps: updates that copy the live weights instead of averaging.
     """
 
-    def __init__(self, module: nn.Module, decay: float = 0.999, warmup_steps: int = 0) -> None:
+    def __init__(self, module: M, decay: float = 0.999, warmup_steps: int = 0) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
         self.module = copy.deepcopy(module).eval().requires_grad_(False)

@@ -9,13 +9,14 @@ Three ways to share (`model.sharing`):
   units after every stage (Misra et al. 2016).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mtlrun.errors import UserError
+from mtlrun.models.backbones import feature_shape
 from mtlrun.models.sharing import CrossStitchBackbones, TaskAdapter, TaskBackbones
 
 SHARING = ("hard", "soft", "cross_stitch")
@@ -39,7 +40,7 @@ class MultiTaskModel(nn.Module):
         self,
         backbone: nn.Module,
         heads: dict[str, nn.Module],
-        adapters: dict[str, nn.Module] | None = None,
+        adapters: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -115,7 +116,7 @@ class TaskBackbonesModel(MultiTaskModel):
         self,
         backbone: TaskBackbones,
         heads: dict[str, nn.Module],
-        adapters: dict[str, nn.Module] | None = None,
+        adapters: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__(backbone, heads, adapters)
         if list(backbone.networks) != list(heads):
@@ -170,7 +171,7 @@ def multitask_model(
         adapter == "auto" and needs_task_parameters and sharing == "hard"
     )
     adapters = (
-        {name: TaskAdapter(backbone.out_channels, adapter_kernel_size) for name in heads}
+        {name: TaskAdapter(feature_shape(backbone)[0], adapter_kernel_size) for name in heads}
         if wants_adapters
         else None
     )

@@ -6,11 +6,14 @@ on their parameters (`weighting=relation`); with cross-stitch sharing the tasks'
 also exchange feature maps after each stage.
 """
 
+from collections.abc import Mapping
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from mtlrun.errors import UserError
-from mtlrun.models.backbones import Backbone
+from mtlrun.models.backbones import Backbone, feature_shape
 
 
 class TaskAdapter(nn.Module):
@@ -30,8 +33,8 @@ class TaskAdapter(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise UserError(f"model.adapter_kernel_size must be odd and >= 1, got {kernel_size}")
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        for parameter in self.conv.parameters():  # the weight and the bias
+            nn.init.zeros_(parameter)
 
     def forward(self, features: Tensor) -> Tensor:
         return features + self.conv(features)
@@ -47,12 +50,11 @@ class TaskBackbones(nn.Module):
         backbones: {task name: backbone}, all built from the same config (same shapes).
     """
 
-    def __init__(self, backbones: dict[str, nn.Module]) -> None:
+    def __init__(self, backbones: Mapping[str, nn.Module]) -> None:
         super().__init__()
         first = next(iter(backbones.values()))
         self.networks = nn.ModuleDict(backbones)
-        self.out_channels: int = first.out_channels
-        self.stride: int = first.stride
+        self.out_channels, self.stride = feature_shape(first)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return {name: network(images) for name, network in self.networks.items()}
@@ -112,20 +114,24 @@ class CrossStitchBackbones(TaskBackbones):
         self_weight: the units' initial α_tt (see `CrossStitch`).
     """
 
-    def __init__(self, backbones: dict[str, nn.Module], self_weight: float = 0.9) -> None:
+    def __init__(self, backbones: Mapping[str, nn.Module], self_weight: float = 0.9) -> None:
         super().__init__(backbones)
-        first = next(iter(backbones.values()))
-        if not isinstance(first, Backbone):
-            raise UserError(
-                f"model.sharing=cross_stitch needs a backbone made of stages "
-                f"(mtlrun.models.backbones.Backbone); {type(first).__name__} is not one"
-            )
-        self.units = nn.ModuleList(
-            CrossStitch(len(backbones), self_weight) for _ in range(len(first.stages))
-        )
+        for backbone in backbones.values():
+            if not isinstance(backbone, Backbone):
+                raise UserError(
+                    f"model.sharing=cross_stitch needs a backbone made of stages "
+                    f"(mtlrun.models.backbones.Backbone); {type(backbone).__name__} is not one"
+                )
+        stages = len(self.task_backbones()[0].stages)
+        self.units = nn.ModuleList(CrossStitch(len(backbones), self_weight) for _ in range(stages))
+
+    def task_backbones(self) -> list[Backbone]:
+        """The per-task backbones, in task order."""
+        # ModuleDict yields plain modules; __init__ checked that each is a Backbone.
+        return [cast(Backbone, network) for network in self.networks.values()]
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        networks = list(self.networks.values())
+        networks = self.task_backbones()
         current = [images] * len(networks)
         stage_outputs: list[list[Tensor]] = [[] for _ in networks]
         for index, unit in enumerate(self.units):
@@ -134,7 +140,7 @@ class CrossStitchBackbones(TaskBackbones):
                 outputs.append(mixed)
         return {
             name: network.neck(outputs)
-            for (name, network), outputs in zip(self.networks.items(), stage_outputs, strict=True)
+            for name, network, outputs in zip(self.networks, networks, stage_outputs, strict=True)
         }
 
     def shared_parameters(self) -> list[nn.Parameter]:
