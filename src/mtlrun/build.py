@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import checkpoint, schema
 from mtlrun.console import Console
-from mtlrun.data import DatasetInfo
+from mtlrun.data import DatasetInfo, DataSource
 from mtlrun.distributed import Distributed, start, synchronise_batch_norm
 from mtlrun.errors import UserError, first_line
 from mtlrun.loggers import Logger, TensorBoardLogger
 from mtlrun.models.multitask import MultiTaskModel
-from mtlrun.nonfinite import nonfinite_policy
+from mtlrun.nonfinite import NonFinitePolicy, nonfinite_policy
 from mtlrun.players import Player
 from mtlrun.run import Run
 from mtlrun.tasks import Direction, Task
@@ -123,17 +123,13 @@ def build(
     """
     setting = settle(cfg, output_dir)
     trainer, device, distributed = setting.trainer, setting.device, setting.distributed
-    data = make(
-        "dataset", cfg.dataset, batch_size=trainer.batch_size, shuffle_seed=trainer.seed,
-        device=device, rank=distributed.rank, world_size=distributed.world_size,
-    )  # fmt: skip
+    data = build_data(cfg, setting)
     tasks, weighting, model = build_model(cfg, data.info, setting)
-    players = [player for task in tasks.values() for player in task.players(tasks)]
-    player_modules = [player.module for player in players]
     optimizer, scheduler = build_optimizer(cfg, model, weighting, trainer.epochs)
     directions, monitor = metric_directions(tasks, trainer.monitor)
     if distributed.is_main:
         setting.output_dir.mkdir(parents=True, exist_ok=True)
+    players, player_optimizers, nonfinite = build_players(tasks, model, setting)
     return Run(
         trainer=trainer,
         device=device,
@@ -152,11 +148,11 @@ def build(
         directions=directions,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         hparams=hparams(cfg, list(tasks), choices or {}),
-        nonfinite=nonfinite_policy(trainer, list(tasks), distributed, [model, *player_modules]),
+        nonfinite=nonfinite,
         resume=setting.resume,
         distributed=distributed,
         players=players,
-        player_optimizers=[player_optimizer(player, setting) for player in players],
+        player_optimizers=player_optimizers,
     )
 
 
@@ -190,6 +186,15 @@ def settle(cfg: DictConfig, output_dir: Path) -> Setting:
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(trainer.seed)
     return Setting(trainer, device, distributed, output_dir, resume)
+
+
+def build_data(cfg: DictConfig, setting: Setting) -> DataSource:
+    """The dataset, bound to the run's batch size, seed, device and this process's share."""
+    trainer, distributed = setting.trainer, setting.distributed
+    return make(
+        "dataset", cfg.dataset, batch_size=trainer.batch_size, shuffle_seed=trainer.seed,
+        device=setting.device, rank=distributed.rank, world_size=distributed.world_size,
+    )  # fmt: skip
 
 
 def build_model(
@@ -240,6 +245,20 @@ def build_optimizer(
     )
     check_schedule(cfg.scheduler, optimizer, epochs)
     return optimizer, make("scheduler", cfg.scheduler, optimizer=optimizer)
+
+
+def build_players(
+    tasks: dict[str, Task], model: MultiTaskModel, setting: Setting
+) -> tuple[list[Player], list[torch.optim.Optimizer], NonFinitePolicy]:
+    """The tasks' second players, each with its optimizer, and the `trainer.nonfinite` policy
+    over the model and the players."""
+    players = [player for task in tasks.values() for player in task.players(tasks)]
+    optimizers = [player_optimizer(player, setting) for player in players]
+    # After the players' move to the device: `skip` keeps the modules' buffers, and moving a
+    # module to another device replaces its buffers.
+    modules = [model, *(player.module for player in players)]
+    nonfinite = nonfinite_policy(setting.trainer, list(tasks), setting.distributed, modules)
+    return players, optimizers, nonfinite
 
 
 def player_optimizer(player: Player, setting: Setting) -> torch.optim.Optimizer:

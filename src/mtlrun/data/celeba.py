@@ -116,6 +116,45 @@ def celeba_root(root: str | Path) -> Path:
     return folder
 
 
+def celeba_splits(
+    root: str | Path, val_split: str, check_md5: bool
+) -> tuple[CelebASplit, CelebASplit]:
+    """The training split and the evaluated one; both must list images, and the evaluated
+    one's first image must be readable."""
+    if val_split not in SPLITS[1:]:
+        raise UserError(f"dataset.val_split must be valid or test, got '{val_split}'")
+    folder = celeba_root(root)
+    train = CelebASplit(folder, "train", check_md5)
+    val = CelebASplit(folder, val_split, check_md5)
+    if not len(val):
+        raise UserError(f"CelebA's list_eval_partition.txt lists no '{val_split}' images")
+    val[0]  # the first evaluation image must be readable
+    if not len(train):
+        raise UserError("CelebA's list_eval_partition.txt lists no 'train' images")
+    return train, val
+
+
+def celeba_info(train: CelebASplit) -> DatasetInfo:
+    """What the first training face (which must be readable) and the attribute file's header
+    say about the dataset; the header must name as many attributes as a row holds."""
+    first = train[0]
+    # The header line of the real attribute file ends with a space, which torchvision
+    # reads as one more, empty, name.
+    names = [name for name in train.faces.attr_names if name]
+    if len(names) != first["targets"]["attr"].numel():
+        raise UserError(
+            f"list_attr_celeba.txt names {len(names)} attributes but its rows hold "
+            f"{first['targets']['attr'].numel()} values; expected {LAYOUT}"
+        )
+    return DatasetInfo(
+        name="celeba",
+        image_size=tuple(first["image"].shape[-2:]),
+        targets=frozenset({"attr", "landmarks"}),
+        num_classes={"attr": len(names)},
+        class_names={"attr": names, "landmarks": list(FACE_POINTS)},
+    )
+
+
 class CelebAData(FileData):
     """CelebA faces, 40 binary attributes and 5 landmarks (see the module docstring).
 
@@ -151,34 +190,9 @@ class CelebAData(FileData):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if val_split not in SPLITS[1:]:
-            raise UserError(f"dataset.val_split must be valid or test, got '{val_split}'")
-        folder = celeba_root(root)
-        train = CelebASplit(folder, "train", check_md5)
-        val = CelebASplit(folder, val_split, check_md5)
-        if not len(val):
-            raise UserError(f"CelebA's list_eval_partition.txt lists no '{val_split}' images")
-        val[0]  # the first evaluation image must be readable
-        if not len(train):
-            raise UserError("CelebA's list_eval_partition.txt lists no 'train' images")
-        first = train[0]  # the first image must be readable
-        # The header line of the real attribute file ends with a space, which torchvision
-        # reads as one more, empty, name.
-        names = [name for name in train.faces.attr_names if name]
-        if len(names) != first["targets"]["attr"].numel():
-            raise UserError(
-                f"list_attr_celeba.txt names {len(names)} attributes but its rows hold "
-                f"{first['targets']['attr'].numel()} values; expected {LAYOUT}"
-            )
-        info = DatasetInfo(
-            name="celeba",
-            image_size=tuple(first["image"].shape[-2:]),
-            targets=frozenset({"attr", "landmarks"}),
-            num_classes={"attr": len(names)},
-            class_names={"attr": names, "landmarks": list(FACE_POINTS)},
-        )
+        train, val = celeba_splits(root, val_split, check_md5)
         super().__init__(
-            info,
+            celeba_info(train),
             train,
             val,
             image_size=image_size,

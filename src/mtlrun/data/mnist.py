@@ -142,6 +142,20 @@ class MNISTSplit(Dataset):
         return canvas
 
 
+def check_drawing(size: tuple[int, int], fit: str, threshold: float) -> None:
+    """Stop on drawing settings that cannot work: an unknown `fit`, a canvas too small to pad
+    the digits onto, a `threshold` outside [0, 1)."""
+    if fit not in ("pad", "resize"):
+        raise UserError(f"dataset.fit must be pad or resize, got {fit}")
+    if fit == "pad" and min(size) < DIGIT_SIDE:
+        raise UserError(
+            f"dataset.image_size={list(size)} is smaller than the 28x28 digits, which "
+            f"dataset.fit=pad cannot shrink; use dataset.fit=resize or a side >= 28"
+        )
+    if not 0.0 <= threshold < 1.0:
+        raise UserError(f"dataset.threshold must be in [0, 1), got {threshold}")
+
+
 class MNISTData(FileData):
     """Single MNIST digits with `cls`, `seg` and `gen` targets (see the module docstring).
 
@@ -179,15 +193,7 @@ class MNISTData(FileData):
         world_size: int = 1,
     ) -> None:
         size = square_or_pair(image_size, "dataset.image_size") or (DIGIT_SIDE, DIGIT_SIDE)
-        if fit not in ("pad", "resize"):
-            raise UserError(f"dataset.fit must be pad or resize, got {fit}")
-        if fit == "pad" and min(size) < DIGIT_SIDE:
-            raise UserError(
-                f"dataset.image_size={list(size)} is smaller than the 28x28 digits, which "
-                f"dataset.fit=pad cannot shrink; use dataset.fit=resize or a side >= 28"
-            )
-        if not 0.0 <= threshold < 1.0:
-            raise UserError(f"dataset.threshold must be in [0, 1), got {threshold}")
+        check_drawing(size, fit, threshold)
         folder = require_folder(root, "mnist", LAYOUT, SOURCE)
         train = MNISTSplit(*load_split(folder, "train"), size, fit, threshold)
         val = MNISTSplit(*load_split(folder, "t10k"), size, fit, threshold)

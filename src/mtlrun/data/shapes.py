@@ -67,6 +67,41 @@ def _templates(kinds: list[str]) -> Tensor:
     return torch.nn.functional.pad(masks, (1, 1, 1, 1))
 
 
+def _shape_names(shapes: list[str] | tuple[str, ...]) -> list[str]:
+    """The shape classes as a list; each must be one of SHAPE_NAMES, and there must be some."""
+    shapes = list(shapes)
+    unknown = [name for name in shapes if name not in SHAPE_NAMES]
+    if unknown or not shapes:
+        raise UserError(
+            f"dataset.shapes has unknown or no shape names {unknown}; "
+            f"choose from {list(SHAPE_NAMES)}"
+        )
+    return shapes
+
+
+def _noise_bank(seed: int, image_size: int, noise: float) -> Tensor:
+    """The background noise textures, (_NOISE_BANK, 3, side, side) with std `noise`.
+
+    They come from an ordinary generator on the CPU, so they are the same on every device;
+    images pick one by hash and shift it.
+    """
+    cpu_generator = torch.Generator().manual_seed(seed)
+    bank = torch.randn(_NOISE_BANK, 3, image_size, image_size, generator=cpu_generator)
+    return bank * noise
+
+
+def _info(image_size: int, shapes: list[str]) -> DatasetInfo:
+    """The dataset's targets and class names: one class per shape (plus background in seg)."""
+    num_classes = len(shapes)
+    return DatasetInfo(
+        name="shapes",
+        image_size=(image_size, image_size),
+        targets=frozenset({"cls", "seg", "det", "depth", "gen"}),
+        num_classes={"cls": num_classes, "seg": num_classes + 1, "det": num_classes},
+        class_names={"cls": shapes, "seg": ["background", *shapes], "det": shapes},
+    )
+
+
 class ShapesData:
     """Procedural multi-task images, bound to a batch size, a shuffle seed and a device.
 
@@ -105,13 +140,7 @@ class ShapesData:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        shapes = list(shapes)
-        unknown = [name for name in shapes if name not in SHAPE_NAMES]
-        if unknown or not shapes:
-            raise UserError(
-                f"dataset.shapes has unknown or no shape names {unknown}; "
-                f"choose from {list(SHAPE_NAMES)}"
-            )
+        shapes = _shape_names(shapes)
         if image_size < 8 or max_objects < 1 or not 0 < min_size <= max_size:
             raise UserError(
                 "dataset needs image_size >= 8, max_objects >= 1 and 0 < min_size <= max_size; "
@@ -135,20 +164,9 @@ class ShapesData:
         self.share = slice(*shard(batch_size, rank, world_size))
         self.shuffle_seed = shuffle_seed
         self.device = torch.device(device)
-        # Noise textures come from an ordinary generator on the CPU, so they are the same
-        # on every device; images pick one by hash and shift it.
-        cpu_generator = torch.Generator().manual_seed(seed)
-        bank = torch.randn(_NOISE_BANK, 3, image_size, image_size, generator=cpu_generator)
-        self._noise_bank = (bank * noise).to(self.device)
+        self._noise_bank = _noise_bank(seed, image_size, noise).to(self.device)
         self._templates = _templates(shapes).flatten().to(self.device)
-        num_classes = len(shapes)
-        self.info = DatasetInfo(
-            name="shapes",
-            image_size=(image_size, image_size),
-            targets=frozenset({"cls", "seg", "det", "depth", "gen"}),
-            num_classes={"cls": num_classes, "seg": num_classes + 1, "det": num_classes},
-            class_names={"cls": shapes, "seg": ["background", *shapes], "det": shapes},
-        )
+        self.info = _info(image_size, shapes)
 
     def num_train_batches(self) -> int:
         return self.train_size // self.batch_size

@@ -4,7 +4,14 @@
     python -m mtlrun.quality.train_reference mnist --set root=/path/holding/MNIST
 
 The name is a dataset config of conf/dataset/ whose dataset has `cls` and `seg` targets; it
-is built with that file's parameters (the same images a run sees), overridable with --set.
+is built by that file's `_target_` (`mnist`: `mtlrun.data.mnist.MNISTData`) with that file's
+parameters (the same images a run sees), overridable with --set. A dataset read from files
+finds them under the file's `root` (`data`, relative to the working directory, as for a run)
+unless `--set root=...` says where. The shipped references:
+
+    shapes  600 steps of 128 (the defaults)
+    mnist   600 steps of 128 on all 60000 training digits (the defaults), evaluated on the
+            10000 test digits: `--set root=` the folder holding MNIST/raw/
 
 The network learns image classes and per-pixel classes (cross-entropy on both) so that its
 features know what the dataset's objects look like. Training is deterministic: fixed seed,
@@ -97,6 +104,39 @@ def evaluate(network: ReferenceNetwork, batches: list[tuple[Tensor, Tensor, Tens
     return {"val_cls_accuracy": classes.accuracy(), "val_seg_miou": pixels.mean_iou()}
 
 
+def optimise(
+    network: ReferenceNetwork,
+    batches: Iterator[tuple[Tensor, Tensor, Tensor]],
+    steps: int,
+    learning_rate: float,
+) -> float:
+    """Train `network` on `steps` batches with cross-entropy on both outputs (AdamW, linear
+    warm-up then cosine decay), printing the loss now and then; return the seconds taken."""
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    # Linear warm-up then cosine decay: stable from the first step, settled at the end.
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / steps))),
+    )
+    start = time.perf_counter()
+    network.train()
+    for step in range(steps):
+        images, labels, seg = next(batches)
+        class_logits, seg_logits = network.classify_and_segment(images)
+        loss = F.cross_entropy(class_logits, labels) + F.cross_entropy(seg_logits, seg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+    return time.perf_counter() - start
+
+
 def train(
     name: str,
     steps: int,
@@ -110,29 +150,7 @@ def train(
     torch.use_deterministic_algorithms(True)
     recipe = dataset_recipe(name, batch_size, overrides or {})
     network = ReferenceNetwork(recipe.num_classes, recipe.seg_classes)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-    # Linear warm-up then cosine decay: stable from the first step, settled at the end.
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / steps))),
-    )
-    start = time.perf_counter()
-    network.train()
-    for step in range(steps):
-        images, labels, seg = next(recipe.train_batches)
-        class_logits, seg_logits = network.classify_and_segment(images)
-        loss = F.cross_entropy(class_logits, labels) + F.cross_entropy(seg_logits, seg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(
-                f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s",
-                flush=True,
-            )
-    seconds = time.perf_counter() - start
+    seconds = optimise(network, recipe.train_batches, steps, learning_rate)
     metrics = evaluate(network, recipe.val_batches)
     state_dict = {key: value.detach().clone() for key, value in network.state_dict().items()}
     saved = {
@@ -184,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(args.name, args.steps, args.batch_size, args.learning_rate, overrides)
     except UserError as error:
-        raise SystemExit(f"train_reference: error: {error}") from None
+        # Dataset errors name run overrides (dataset.root=...); here they are --set root=...
+        message = str(error).replace("pass dataset.", "pass --set ")
+        raise SystemExit(f"train_reference: error: {message}") from None
 
 
 if __name__ == "__main__":

@@ -119,6 +119,15 @@ def _match(
     ious = box_iou(det_boxes[:, :, None], truth_boxes[:, None, :])
     ious = torch.where(det_present[:, :, None] & truth_present[:, None, :], ious, -1.0)
 
+    matched = _greedy_matches(ious)[det_group, :, det_rank].T  # (T, N)
+    return detections.labels[order], scores[order], matched
+
+
+def _greedy_matches(ious: Tensor) -> Tensor:
+    """Whether each detection is matched at each IoU threshold, (groups, T, depth), from the
+    (groups, depth, width) IoUs of detections (best first) against ground truth: each
+    detection in turn takes the best ground-truth box no earlier detection has taken."""
+    num_groups, depth, width = ious.shape
     thresholds = IOU_THRESHOLDS.clamp(max=1 - 1e-10)[None, :, None]
     num_thresholds = len(IOU_THRESHOLDS)
     truth_taken = torch.zeros(num_groups, num_thresholds, width, dtype=torch.bool)
@@ -132,9 +141,7 @@ def _match(
         found = candidate.any(-1)
         det_matched[:, :, rank] = found
         truth_taken |= torch.nn.functional.one_hot(best, width).bool() & found[..., None]
-
-    matched = det_matched[det_group, :, det_rank].T  # (T, N)
-    return detections.labels[order], scores[order], matched
+    return det_matched
 
 
 def average_precision(

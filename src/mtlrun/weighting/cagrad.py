@@ -4,6 +4,8 @@ Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Lea
 NeurIPS 2021.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 from torch import Tensor
 
@@ -105,18 +107,42 @@ def cagrad_dual(gram: np.ndarray, c: float, iterations: int = 100) -> tuple[np.n
         # The optimum lies in (0, low]; since the function minimised over t has slope at most
         # r/2, F(w) exceeds the minimum by at most r·low/2: optimal to 1e-6 relative.
         return weights, solved
-    _, value_high, _ = nearest(high)
+    tolerance = 1e-13 * np.sqrt(scale)
+    weights, solved = illinois_root(
+        nearest, low, high, (weights, value_low, solved), tolerance, iterations
+    )
+    return weights, solved and is_cagrad_optimal(gram, weights, c)
+
+
+def illinois_root(
+    gap: Callable[[float], tuple[np.ndarray, float, bool]],
+    low: float,
+    high: float,
+    at_low: tuple[np.ndarray, float, bool],
+    tolerance: float,
+    iterations: int,
+) -> tuple[np.ndarray, bool]:
+    """The root of ψ(t) = `gap(t)[1]` bracketed by ψ(low) < 0 <= ψ(high): the weights `gap`
+    gives there, and whether the search converged with every solve on the way flagged good.
+
+    Args:
+        gap: t -> (weights, ψ(t), solve flag), as `cagrad_dual`'s `nearest`.
+        at_low: `gap(low)`, already evaluated.
+        tolerance: stop when the bracket or |ψ| is this small.
+    """
+    weights, value_low, solved = at_low
+    _, value_high, _ = gap(high)
     side = 0
     for _ in range(iterations):
-        if high - low <= 1e-13 * np.sqrt(scale):
+        if high - low <= tolerance:
             break
         # Regula falsi with the Illinois modification: halve a stale end's value so both
         # ends keep moving and convergence stays superlinear.
         middle = (low * value_high - high * value_low) / (value_high - value_low)
         if not low < middle < high:
             middle = 0.5 * (low + high)
-        weights, value, solved = nearest(middle)
-        if abs(value) <= 1e-13 * np.sqrt(scale):
+        weights, value, solved = gap(middle)
+        if abs(value) <= tolerance:
             break
         if value < 0:
             low, value_low = middle, value
@@ -128,7 +154,7 @@ def cagrad_dual(gram: np.ndarray, c: float, iterations: int = 100) -> tuple[np.n
             side = 1
     else:
         solved = False
-    return weights, solved and is_cagrad_optimal(gram, weights, c)
+    return weights, solved
 
 
 def is_cagrad_optimal(
