@@ -1,5 +1,5 @@
 # mtlrun: `make run` trains the default experiment, `make test` runs the fast tests,
-# `make test-all` every test (what CI runs, after `make lint`).
+# `make test-all` every test (what CI runs, after `make lint` and `make typecheck`).
 # Each creates .venv and installs the package (with test tools) when needed.
 PYTHON ?= python3
 VENV := .venv
@@ -27,7 +27,7 @@ run: $(STAMP) ## train the default experiment on the built-in shapes dataset (AR
 test: $(STAMP) ## the fast tests, a minute or two (not those marked slow)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-test-all: $(STAMP) lint ## lint, then every test, slow ones too (what CI runs)
+test-all: $(STAMP) lint typecheck ## lint and type-check, then every test, slow ones too (what CI runs)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 smoke: $(STAMP) ## a few training steps of everything, on CPU
