@@ -153,7 +153,7 @@ def test_a_nonfinite_step_moves_neither_player(build_tiny_run, tmp_path, monkeyp
         ("tasks.gan.class_target=nothing", "condition=class needs the class-valued target"),
         ("tasks.gan.loss=wasserstein", "tasks.gan.loss must be one of hinge"),
         ("tasks.gan.discriminator=both", "tasks.gan.discriminator must be one of shared, own"),
-        ("tasks.gan.n_critic=0", "n_critic and r1_every must be >= 1"),
+        ("tasks.gan.n_critic=0", "n_critic, r1_every must be >= 1"),
         ("tasks.gan.quality_features=nowhere", "reference network weights"),
     ],
 )

@@ -77,6 +77,7 @@ class CountedDiscriminator(nn.Module):
     def __init__(self, network: Discriminator) -> None:
         super().__init__()
         self.network = network
+        self.steps: Tensor
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
 
@@ -112,6 +113,7 @@ class GANTask(Task):
         "layout_miou_real": Direction.MAX,
     }
     main_metric = "fid"
+    discriminator: "CountedDiscriminator | None"  # the own one; None when it is the trunk
 
     def __init__(
         self,
@@ -144,44 +146,22 @@ class GANTask(Task):
         check_choices(name, discriminator=(discriminator, DISCRIMINATORS), loss=(loss, LOSSES),
                       condition=(condition, CONDITIONS))  # fmt: skip
         if n_critic < 1 or r1_every < 1 or num_samples < 4:
-            raise UserError(
-                f"tasks.{name}: n_critic and r1_every must be >= 1 and num_samples >= 4"
-            )
+            raise UserError(f"tasks.{name}: n_critic, r1_every must be >= 1, num_samples >= 4")
         self.condition = self.find_condition(condition, class_target, layout_target)
         self.shared, self.kind, self.n_critic = discriminator == "shared", loss, n_critic
         self.r1_gamma, self.r1_every = r1_gamma, r1_every
         self.semantic_weight, self.num_samples = semantic_weight, num_samples
-        classes = self.condition.classes
-        self.generator = Generator(
-            info.image_size,
-            noise_dim,
-            hidden,
-            num_classes=classes if condition == "class" else 0,
-            layout_classes=classes if condition == "layout" else 0,
+        self.generator = Generator(info.image_size, noise_dim, hidden, **self.conditioning())
+        self.head, self.discriminator = self.discriminator_side(
+            in_channels, discriminator_hidden, spectral_norm
         )
-        if self.shared:
-            self.head: nn.Module = RealFakeHead(
-                in_channels, spectral_norm=spectral_norm, pooling="mean"
-            )
-            self.discriminator: CountedDiscriminator | None = None
-        else:
-            self.head = GeneratorHead(self.generator)
-            self.discriminator = CountedDiscriminator(
-                Discriminator(
-                    info.image_size,
-                    discriminator_hidden,
-                    num_classes=classes if condition == "class" else 0,
-                    layout_classes=classes if condition == "layout" else 0,
-                    spectral_norm=spectral_norm,
-                )
-            )
         player = "generator" if self.shared else "discriminator"
         self.player_settings = {"lr": player_lr or TTUR[player], "betas": tuple(player_betas)}
         self.ema = ModelEMA(self.generator, ema_decay, ema_warmup)
         self.reference = self.find_reference(quality_features)
         self.metric_directions = self.reported_directions()
-        self.latest: dict[str, Tensor] = {}
-        self.quality: SampleQuality | None = None
+        self.latest: dict[str, Tensor] = {}  # the latest training step's scalars
+        self.quality: SampleQuality | None = None  # made afresh at each evaluation
         self.class_hits, self.layout_hits = Mean(), Mean()
         self.class_hits_real, self.layout_hits_real = Mean(), Mean()
 
@@ -200,6 +180,27 @@ class GANTask(Task):
                 f"{kind}_target or condition=none"
             )
         return Condition(kind, key, self.info.num_classes[key])
+
+    def conditioning(self) -> dict[str, int]:
+        """The class counts a conditional generator or discriminator is built with."""
+        classes = self.condition.classes
+        return {
+            "num_classes": classes if self.condition.kind == "class" else 0,
+            "layout_classes": classes if self.condition.kind == "layout" else 0,
+        }
+
+    def discriminator_side(
+        self, in_channels: int, hidden: int, spectral_norm: bool
+    ) -> tuple[nn.Module, "CountedDiscriminator | None"]:
+        """The model's head for this task and the own discriminator, if any: a real/fake
+        head on the shared trunk, or the generator as the head and a separate network."""
+        if self.shared:
+            head = RealFakeHead(in_channels, spectral_norm=spectral_norm, pooling="mean")
+            return head, None
+        network = Discriminator(
+            self.info.image_size, hidden, spectral_norm=spectral_norm, **self.conditioning()
+        )
+        return GeneratorHead(self.generator), CountedDiscriminator(network)
 
     def find_reference(self, setting: str) -> ReferenceNetwork | None:
         """The fixed network whose features judge samples (never the run's own backbone)."""
@@ -448,6 +449,8 @@ class DiscriminatorPlayer(Player):
     """An own discriminator: its loss on real images vs the generator's, plus R1 on the real
     images every `r1_every` of its steps, scaled by `r1_every` (lazy regularisation,
     Karras et al. 2020) and `r1_gamma / 2` (Mescheder et al. 2018)."""
+
+    module: CountedDiscriminator
 
     def __init__(self, gan: GANTask, discriminator: CountedDiscriminator) -> None:
         self.gan = gan
