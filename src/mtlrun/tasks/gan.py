@@ -137,7 +137,7 @@ class GANTask(Task):
         semantic_weight: float = 1.0,
         player_lr: float | None = None,
         player_betas: tuple[float, float] = (0.0, 0.9),
-        ema_decay: float = 0.999,
+        ema_decay: float = 0.99,
         ema_warmup: int = 100,
         quality_features: str = "auto",
         num_samples: int = 1000,
