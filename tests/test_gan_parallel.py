@@ -1,24 +1,20 @@
 """The GAN task data-parallel (torchrun, gloo, 2 CPU processes) and under bf16 autocast.
 
-Data-parallel: the engine draws a generator's noise from the global torch RNG, seeded with
-`trainer.seed` in every process, so each rank draws the *same* noise as the others, and a
-2-process run's generated batch is one rank's noise twice where one process draws a batch of
-fresh noise. A 2-process run then cannot equal a 1-process run. So:
+Data-parallel: each rank draws its own rows of the global batch's noise from the task's
+seeded stream, a second player's BatchNorms normalise over the global batch and evaluation
+leaves the players untouched, so
 
-- `test_ranks_end_alike_with_finite_losses` runs the engine as it is: both ranks must end with
-  the same weights (model, second player and EMA) and finite losses;
-- `test_two_processes_train_the_gan_like_one` plants the noise the engine should draw (each
-  rank its own slice of one global draw per call, seeded per call) and compares the final
-  checkpoint with a 1-process ddp run on the same global batches, as tests/test_ddp.py does;
-- `test_ranks_draw_different_noise` states that the ranks' noise should differ.
+- both ranks end with the same weights and buffers (model, second player, EMA) and finite,
+  equal losses;
+- a 2-process run equals a 1-process ddp run on the same global batches (final checkpoint),
+  as tests/test_ddp.py checks for the plain model;
+- the ranks' generated images differ.
 
 This file is also the program torchrun starts for those runs (see `plant`, and the end of
-the file): `python test_gan_parallel.py <noise> <dump folder> <mtlrun arguments ...>`.
+the file): `python test_gan_parallel.py engine <dump folder> <mtlrun arguments ...>`.
 """
 
 import math
-import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,18 +47,10 @@ SAME_ACROSS_RANKS = 1e-6
 
 def plant(mode: str, dump_folder: Path) -> None:
     """Record each rank's losses, first generated images and final state (into
-    `dump_folder/rank<r>.pt`). `mode` "engine" changes nothing else; "global" draws every
-    generator input as this rank's slice of one global draw per call (the engine change this
-    file proposes); "global+fixed" also plants the two fixes proposed for the bugs that the
-    xfail tests below show (players in eval mode during evaluation; a second player's
-    BatchNorms synchronised across ranks)."""
-    noise = mode.split("+")[0]
-    if mode.endswith("+fixed"):
-        plant_fixes()
+    `dump_folder/rank<r>.pt`); the run itself is the engine's, unchanged (`mode` "engine")."""
     records: dict[str, Any] = {"losses": [], "player_losses": [], "first_fake": None}
     original_forward_losses, original_player_loss = engine.forward_losses, engine.player_loss
     original_generate, original_fit = GANTask.generate, engine.fit
-    calls = 0
 
     def forward_losses(run: Any, images: Any, targets: Any) -> Any:
         features, losses = original_forward_losses(run, images, targets)
@@ -75,18 +63,7 @@ def plant(mode: str, dump_folder: Path) -> None:
         return loss, reported
 
     def generate(self: GANTask, target: dict, network: Any = None) -> torch.Tensor:
-        nonlocal calls
-        if noise == "global":
-            network = network or self.generator
-            count = len(target["image"])
-            world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-            draw = torch.Generator().manual_seed(1_000 + calls)
-            everything = torch.randn(count * world, network.noise_dim, generator=draw)
-            mine = everything[rank * count : (rank + 1) * count].to(target["image"].device)
-            fake = network(mine, **self.condition_arguments(target.get("condition")))
-        else:
-            fake = original_generate(self, target, network)
-        calls += 1
+        fake = original_generate(self, target, network)
         if records["first_fake"] is None:
             records["first_fake"] = fake.detach().float().cpu().clone()
         return fake
@@ -112,27 +89,6 @@ def plant(mode: str, dump_folder: Path) -> None:
 
     engine.forward_losses, engine.player_loss, engine.fit = forward_losses, player_loss, fit
     GANTask.generate = generate  # type: ignore[method-assign]
-
-
-def plant_fixes() -> None:
-    from mtlrun import build, distributed
-
-    original_player_optimizer, original_evaluate = build.player_optimizer, engine.evaluate
-
-    def player_optimizer(player: Any, setting: Any) -> Any:
-        distributed.synchronise_batch_norm(player.module, setting.distributed)
-        return original_player_optimizer(player, setting)
-
-    def evaluate(run: Any, step: int) -> Any:
-        for player in run.players:
-            player.module.eval()
-        try:
-            return original_evaluate(run, step)
-        finally:
-            for player in run.players:
-                player.module.train()
-
-    build.player_optimizer, engine.evaluate = player_optimizer, evaluate
 
 
 def detached(value: Any) -> Any:
@@ -168,16 +124,6 @@ def saved_state(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-# A conv right before a BatchNorm has a bias whose gradient is zero in exact arithmetic (the
-# BatchNorm subtracts it again): what is left is rounding, which the generator's Adam turns
-# into steps of about ±lr whatever its size (tests/test_ddp.py uses SGD for the model for
-# this reason; a player's optimizer is always Adam). Those biases, and the running means of
-# the BatchNorms that follow them, then differ by ~lr per step and are not compared.
-ROUNDING_ONLY = re.compile(
-    r"(blocks\.\d+\.conv\.bias|(blocks\.[1-9]\d*\.norm|last_norm)\.norm\.running_mean)$"
-)
-
-
 def largest_differences(
     expected: dict[str, dict[str, torch.Tensor]], got: dict[str, dict[str, torch.Tensor]]
 ) -> dict[str, tuple[float, str]]:
@@ -188,7 +134,7 @@ def largest_differences(
         differences = [
             ((expected[part][key].double() - got[part][key].double()).abs().max().item(), key)
             for key in expected[part]
-            if expected[part][key].numel() and not (part != "model" and ROUNDING_ONLY.search(key))
+            if expected[part][key].numel()
         ]
         worst[part] = max(differences)
     return worst
@@ -255,85 +201,59 @@ def test_ranks_end_with_the_same_weights_and_finite_losses(tmp_path_factory, nam
     assert dumps[0]["losses"] == dumps[1]["losses"]  # global means, alike on every rank
 
 
-EVALUATION_RUNS_THE_PLAYERS = (
-    "engine.evaluate puts the model in eval mode but not the second players, and runs them "
-    "on rank 0 alone: an own discriminator's spectral-norm power iteration advances (and a "
-    "generator's BatchNorm statistics move) on rank 0 only"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "shared_class",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{EVALUATION_RUNS_THE_PLAYERS}; and build.player_optimizer never passes "
-                "a player to synchronise_batch_norm, so the generator's BatchNorm statistics "
-                "cover each rank's share of the batch",
-            ),
-        ),
-        pytest.param(
-            "own_r1", marks=pytest.mark.xfail(strict=True, reason=EVALUATION_RUNS_THE_PLAYERS)
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", ["shared_class", "own_r1"])
 def test_ranks_end_with_the_same_player_buffers(tmp_path_factory, name: str) -> None:
+    """Evaluation (rank 0 alone) puts the players in eval mode, and a generator that is a
+    second player normalises over the global batch, so no buffer drifts between ranks."""
     apart = rank_differences(two_ranks(tmp_path_factory, name), buffers=True)
     assert max(apart.values()) <= SAME_ACROSS_RANKS, max(apart.items(), key=lambda kv: kv[1])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="every rank seeds the global RNG with trainer.seed (build.py) and GANTask.generate "
-    "draws its noise from it, so all ranks draw the same noise: the global generated batch "
-    "holds each image world_size times",
-)
 def test_ranks_draw_different_noise(tmp_path_factory) -> None:
+    """Each rank generates its own rows of the global batch's noise."""
     rank0, rank1 = two_ranks(tmp_path_factory, "shared")
     assert not torch.equal(rank0["first_fake"], rank1["first_fake"])
 
 
-@pytest.mark.xfail(strict=True, reason=EVALUATION_RUNS_THE_PLAYERS)
 @pytest.mark.parametrize("placement", [SHARED, OWN], ids=["shared", "own"])
 def test_evaluation_leaves_the_players_as_they_were(build_tiny_run, tmp_path, placement) -> None:
-    """The single-process side of `EVALUATION_RUNS_THE_PLAYERS`: an evaluation changes a
-    player's state, so how often a run evaluates changes how it trains."""
+    """Evaluating changes no player's state, so how often a run evaluates does not change
+    how it trains."""
     run = build_tiny_run(tmp_path, *placement)
     (player,) = run.players
+    gan = run.tasks["gan"]
     before = {key: value.clone() for key, value in player.module.state_dict().items()}
+    noise_before = gan.noise.get_state()
     engine.evaluate(run, 0)
     now = player.module.state_dict()
     changed = [key for key, value in before.items() if not torch.equal(value, now[key])]
     assert not changed
+    assert torch.equal(noise_before, gan.noise.get_state())  # the training noise stream too
+    assert player.module.training  # and the player is back in training mode
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("placement", "mode"),
+    "placement",
     [
         pytest.param(
             SHARED,
-            "global",
             id="shared",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="the generator (a second player) keeps unsynchronised BatchNorms "
-                "(build.player_optimizer), so it normalises over each rank's share",
+                reason="open: with the shared discriminator, 2 processes end up to 4e-4 apart "
+                "from 1 after 4 steps across ~45% of the generator's first-layer weights (own: "
+                "equal to 1e-5); the ranks agree with each other, the cause is not found yet",
             ),
         ),
-        pytest.param(SHARED, "global+fixed", id="shared-with-the-proposed-fixes"),
-        pytest.param(OWN, "global", id="own"),
+        pytest.param(OWN, id="own"),
     ],
 )
-def test_two_processes_train_the_gan_like_one(
-    tmp_path: Path, placement: tuple[str, ...], mode: str
-) -> None:
-    single = start(tmp_path / "single", 1, mode, *placement)
-    ddp = start(tmp_path / "ddp", 2, mode, *placement)
+def test_two_processes_train_the_gan_like_one(tmp_path: Path, placement: tuple[str, ...]) -> None:
+    single = start(tmp_path / "single", 1, "engine", *placement)
+    ddp = start(tmp_path / "ddp", 2, "engine", *placement)
     assert_succeeded(single.finish())
     assert_succeeded(ddp.finish())
     expected, got = saved_state(tmp_path / "single"), saved_state(tmp_path / "ddp")

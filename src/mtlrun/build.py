@@ -264,7 +264,8 @@ def build_players(
 def player_optimizer(player: Player, setting: Setting) -> torch.optim.Optimizer:
     """A second player's own Adam, on its own settings (a GAN's TTUR learning rates)."""
     player.module.to(setting.device)
-    if setting.distributed.enabled:
+    if setting.distributed.enabled:  # like the model: statistics over the global batch
+        synchronise_batch_norm(player.module, setting.distributed)
         setting.distributed.copy_from_main(player.module)
     if setting.trainer.channels_last:
         player.module.to(memory_format=torch.channels_last)

@@ -270,6 +270,8 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     """Metrics over the whole validation split; logs them and the pictures of its first batch."""
     model, device = run.model, run.device
     model.eval()
+    for player in run.players:  # so that evaluating moves none of their statistics
+        player.module.eval()
     for task in run.tasks.values():
         task.reset_metrics()
     loss_sums = torch.zeros(len(run.tasks), dtype=torch.float64, device=device)
@@ -294,6 +296,8 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     for logger in run.loggers:
         logger.log_scalars(metrics, step)
     model.train()
+    for player in run.players:
+        player.module.train()
     return metrics
 
 

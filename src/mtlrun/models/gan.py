@@ -142,7 +142,9 @@ class GeneratorBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.norm = ModulatedBatchNorm2d(in_channels, num_classes, layout_classes)
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        # No bias: a BatchNorm follows (the next block's or the last one) and removes it;
+        # a bias there would only gather rounding noise, which Adam turns into steps.
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
 
     def forward(self, features: Tensor, labels: Tensor | None, layout: Tensor | None) -> Tensor:
         features = F.relu(self.norm(features, labels, layout))
@@ -179,7 +181,7 @@ class Generator(nn.Module):
         self.num_classes = num_classes
         self.layout_classes = layout_classes
         self.base_size = (height // 8, width // 8)
-        self.project = nn.Linear(noise_dim, hidden * math.prod(self.base_size))
+        self.project = nn.Linear(noise_dim, hidden * math.prod(self.base_size), bias=False)
         widths = [max(hidden >> level, min(hidden, 32)) for level in range(4)]
         self.blocks = nn.ModuleList(
             GeneratorBlock(widths[level], widths[level + 1], num_classes, layout_classes)

@@ -158,6 +158,9 @@ class GANTask(Task):
         player = "generator" if self.shared else "discriminator"
         self.player_settings = {"lr": player_lr or TTUR[player], "betas": tuple(player_betas)}
         self.ema = ModelEMA(self.generator, ema_decay, ema_warmup)
+        # The run's seed is set before tasks are built: the noise stream follows it.
+        self.noise = torch.Generator().manual_seed(torch.initial_seed())
+        self.eval_noise = torch.Generator().manual_seed(EVAL_SEED)
         self.reference = self.find_reference(quality_features)
         self.metric_directions = self.reported_directions()
         self.latest: dict[str, Tensor] = {}  # the latest training step's scalars
@@ -243,8 +246,22 @@ class GANTask(Task):
         """Images from fresh noise for the conditions in `target` (one per real image)."""
         network = network or self.generator
         images = target["image"]
-        noise = torch.randn(len(images), network.noise_dim, device=images.device)
+        noise = self.draw_noise(len(images), network.noise_dim, images.device)
         return network(noise, **self.condition_arguments(target.get("condition")))
+
+    def draw_noise(self, count: int, size: int, device: torch.device) -> Tensor:
+        """Noise for `count` images, from the task's own random stream (saved in checkpoints).
+
+        Training draws the noise of the whole global batch and keeps this process's rows, so
+        that N data-parallel processes train exactly like one on the same global batch.
+        Evaluation (the generator in eval mode, on rank 0 alone) draws from a stream of its
+        own, restarted at every evaluation, so that evaluating leaves training untouched.
+        """
+        if not self.generator.training:
+            return torch.randn(count, size, generator=self.eval_noise).to(device)
+        rank, world_size = process_slot()
+        rows = torch.randn(count * world_size, size, generator=self.noise)
+        return rows[rank * count : (rank + 1) * count].to(device)
 
     def condition_arguments(self, condition: Tensor | None) -> dict[str, Tensor | None]:
         if self.condition.kind == "class":
@@ -284,9 +301,11 @@ class GANTask(Task):
         return self.latest
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.ema.state_dict()}
+        return {"ema": self.ema.state_dict(), "noise": self.noise.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "noise" in state:
+            self.noise.set_state(state["noise"])
         if "ema" in state:
             self.ema.module.to(next(self.generator.parameters()).device)
             self.ema.load_state_dict(state["ema"])
@@ -394,6 +413,13 @@ def grid(images: Tensor, columns: int) -> Tensor:
     scale = max(1, -(-64 // min(images.shape[-2:])))
     images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
     return make_grid(images, nrow=columns, padding=2, pad_value=1.0)
+
+
+def process_slot() -> tuple[int, int]:
+    """This process's rank and the number of data-parallel processes (0, 1 when alone)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def generated_rows(value: Any, start: int) -> Any:
