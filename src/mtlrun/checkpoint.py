@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mtlrun.errors import OutputWriteError, UserError
+from mtlrun.errors import OutputWriteError, UserError, first_line
 
 FORMAT = "mtlrun-checkpoint/2"
 LAST = "last.pt"
@@ -108,10 +108,9 @@ def load(path: Path) -> dict[str, Any]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or unsafe files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
             f"{path} is not a readable mtlrun checkpoint (truncated, corrupted or not a "
-            f"checkpoint: {reason[:160]})"
+            f"checkpoint: {first_line(error, limit=160)})"
         ) from error
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise UserError(f"{path} is not an mtlrun checkpoint (no '{FORMAT}' format tag)")
