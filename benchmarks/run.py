@@ -1,7 +1,8 @@
 """mtlrun's speed benchmarks (`make bench`, `make bench ARGS=--quick`).
 
 Writes benchmarks/results/<machine>-<date>.json and .md and prints the Markdown report.
-Sections: runner overhead, data, start-up, weighting cost, scaling and memory, fast paths.
+Sections: runner overhead, data, start-up, weighting cost, scaling and memory, fast paths,
+GANs (a GAN step vs a bare GAN loop; FID evaluation cost).
 Figures are ratios of two things timed side by side in one process, since absolute times
 drift on shared machines. `--quick` shrinks everything for development (~2 minutes on a
 quiet 2-core CPU); the full run takes about 8-10 minutes there.
@@ -20,11 +21,11 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from speed import data_speed, fast_paths, overhead, report, scaling, startup, weighting_table
+from speed import data_speed, fast_paths, gan, overhead, report, scaling, startup, weighting_table
 from speed.common import BENCHMARKS_DIR, Section, Settings
 from speed.workers import report as report_to_parent
 
-SECTIONS = ("overhead", "data", "startup", "weighting", "scaling", "fast_paths")
+SECTIONS = ("overhead", "data", "startup", "weighting", "scaling", "fast_paths", "gan")
 WORKERS = {"scaling": scaling.worker, "compile": fast_paths.compile_worker}
 
 
@@ -68,6 +69,7 @@ def section_runners(settings: Settings) -> dict[str, Callable[[], list[Section]]
         "weighting": lambda: [weighting_table.measure(settings)],
         "scaling": lambda: scaling.measure(settings),
         "fast_paths": lambda: [fast_paths.measure(settings)],
+        "gan": lambda: gan.measure(settings),
     }
 
 
