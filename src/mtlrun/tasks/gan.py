@@ -294,11 +294,23 @@ class GANTask(Task):
         return discriminator_loss(self.kind, real, fake)
 
     def after_step(self) -> None:
-        self.ema.module.to(next(self.generator.parameters()).device)
+        self.ema_beside_generator()
         self.ema.update(self.generator)
 
     def train_scalars(self) -> dict[str, Tensor]:
         return self.latest
+
+    def ema_beside_generator(self) -> Generator:
+        """The EMA copy on the live generator's device and in its memory format (it was
+        copied before the run moved the generator and made it channels-last)."""
+        weight = self.generator.to_rgb.weight
+        layout = (
+            torch.channels_last
+            if weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1
+            else torch.contiguous_format
+        )
+        self.ema.module.to(weight.device)
+        return self.ema.module.to(memory_format=layout)
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict(), "noise": self.noise.get_state()}
@@ -307,7 +319,7 @@ class GANTask(Task):
         if "noise" in state:
             self.noise.set_state(state["noise"])
         if "ema" in state:
-            self.ema.module.to(next(self.generator.parameters()).device)
+            self.ema_beside_generator()
             self.ema.load_state_dict(state["ema"])
 
     # --- evaluation ---------------------------------------------------------------------
@@ -379,7 +391,7 @@ class GANTask(Task):
 
     def sample(self, count: int, condition: Tensor | None, noise: torch.Generator) -> Tensor:
         """`count` images of the EMA generator from noise drawn from `noise`."""
-        network = self.ema.module.to(next(self.generator.parameters()).device)
+        network = self.ema_beside_generator()
         inputs = network.sample_inputs(count, noise)
         return network(inputs, **self.condition_arguments(condition)).float()
 
