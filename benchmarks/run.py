@@ -4,8 +4,8 @@ Writes benchmarks/results/<machine>-<date>.json and .md and prints the Markdown 
 Sections: runner overhead, data, start-up, weighting cost, scaling and memory, fast paths,
 GANs (a GAN step vs a bare GAN loop; FID evaluation cost).
 Figures are ratios of two things timed side by side in one process, since absolute times
-drift on shared machines. `--quick` shrinks everything for development (~2 minutes on a
-quiet 2-core CPU); the full run takes about 8-10 minutes there.
+drift on shared machines. `--quick` shrinks everything for development (~2.5 minutes on a
+quiet 2-core CPU); the full run takes about 10-12 minutes there (the GAN rows add ~1.5).
 
 Usage:
     python benchmarks/run.py [--quick] [--device auto|cpu|cuda] [--out DIR] [--only a,b]
