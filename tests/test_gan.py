@@ -187,3 +187,18 @@ def test_the_vae_gan_term_adds_the_adversarial_loss_on_reconstructions(build_tin
     total = task.loss(outputs["gen"], targets["gen"])
     logits = task.discriminator(outputs["gen"]["image"])
     assert torch.allclose(total, mse + 0.5 * -logits.mean())  # the hinge generator loss
+
+
+def test_lazy_r1_on_the_shared_trunk_adds_the_penalty_on_its_steps(build_tiny_run, tmp_path):
+    run = build_tiny_run(tmp_path, *SHARED, "tasks.gan.r1_gamma=2", "tasks.gan.r1_every=3")
+    gan = run.tasks["gan"]
+    images, targets = first_batch(run)
+    features, losses = forward_losses(run, images, targets)  # step 0: an R1 step
+    assert len(features) == 3 * len(images)  # real, generated, real again (requiring grad)
+    penalty = gan.latest["r1"]
+    assert penalty > 0
+    hinge_part = losses["gan"] - 2 / 2 * 3 * penalty  # gamma / 2 * every * R1 on top
+    assert 0 <= hinge_part.item() <= 4  # a hinge loss of logits this small lies near 2
+    gan.ema.updates = 1  # not a multiple of r1_every: no penalty, no extra rows
+    features, losses = forward_losses(run, images, targets)
+    assert len(features) == 2 * len(images) and "r1" not in gan.latest

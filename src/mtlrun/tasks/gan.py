@@ -18,7 +18,8 @@ Two ways to place the discriminator (`discriminator`):
 Which losses each player's update sees:
 
     player          shared discriminator                      own discriminator
-    model step      supervised losses + D loss (weighting)    supervised losses + G loss
+    model step      supervised losses + D loss (+ lazy R1)    supervised losses + G loss
+                    (the run's weighting)
     second player   G loss + semantic terms (own Adam)        D loss + lazy R1 (own Adam)
 
 Conditions (`condition`): `class` (class-conditional BatchNorm in the generator; projection
@@ -164,6 +165,7 @@ class GANTask(Task):
         self.reference = self.find_reference(quality_features)
         self.metric_directions = self.reported_directions()
         self.latest: dict[str, Tensor] = {}  # the latest training step's scalars
+        self.penalised: Tensor | None = None  # this step's real images under R1 (shared)
         self.quality: SampleQuality | None = None  # made afresh at each evaluation
         self.class_hits, self.layout_hits = Mean(), Mean()
         self.class_hits_real, self.layout_hits_real = Mean(), Mean()
@@ -275,10 +277,18 @@ class GANTask(Task):
         return self.discriminator.network(images, **self.condition_arguments(condition))
 
     def extra_inputs(self, target: dict[str, Tensor]) -> Tensor | None:
+        """Generated images for the shared trunk to judge; on R1 steps also a copy of the real
+        images that requires grad, so that `loss` can take the gradient of their logits."""
         if not self.shared:
             return None
         with torch.no_grad():
-            return self.generate(target).contiguous(memory_format=torch.channels_last)
+            fake = self.generate(target)
+        self.penalised = None
+        # The step count is the EMA's, which counts every training step taken (checkpointed).
+        if self.r1_gamma > 0 and self.generator.training and self.ema.updates % self.r1_every == 0:
+            self.penalised = target["image"].detach().clone().requires_grad_(True)
+            fake = torch.cat([fake, self.penalised])
+        return fake.contiguous(memory_format=torch.channels_last)
 
     def loss(self, output: Tensor, target: dict[str, Tensor]) -> Tensor:
         if not self.shared:  # the model trains the generator against the own discriminator
@@ -286,12 +296,18 @@ class GANTask(Task):
             self.latest = {"d_fake": fake_logits.detach().float().mean()}
             return generator_loss(self.kind, fake_logits)
         count = len(target["image"])
-        real, fake = output[:count], output[count:]
+        penalised = self.penalised if len(output) > 2 * count else None
+        real, fake = output[:count], output[count : 2 * count]
         self.latest = {
             "d_real": real.detach().float().mean(),
             "d_fake": fake.detach().float().mean(),
         }
-        return discriminator_loss(self.kind, real, fake)
+        loss = discriminator_loss(self.kind, real, fake)
+        if penalised is not None:  # lazy R1 on the shared trunk, as on an own discriminator
+            penalty = r1_penalty(output[2 * count :], penalised)
+            self.latest["r1"] = penalty.detach()
+            loss = loss + self.r1_gamma / 2 * self.r1_every * penalty
+        return loss
 
     def after_step(self) -> None:
         self.ema_beside_generator()
