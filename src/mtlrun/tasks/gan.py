@@ -285,7 +285,8 @@ class GANTask(Task):
             fake = self.generate(target)
         self.penalised = None
         # The step count is the EMA's, which counts every training step taken (checkpointed).
-        if self.r1_gamma > 0 and self.generator.training and self.ema.updates % self.r1_every == 0:
+        training = self.generator.training and torch.is_grad_enabled()
+        if self.r1_gamma > 0 and training and self.ema.updates % self.r1_every == 0:
             self.penalised = target["image"].detach().clone().requires_grad_(True)
             fake = torch.cat([fake, self.penalised])
         return fake.contiguous(memory_format=torch.channels_last)
