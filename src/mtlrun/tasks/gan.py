@@ -150,8 +150,8 @@ class GANTask(Task):
             raise UserError(f"tasks.{name}: n_critic, r1_every must be >= 1, num_samples >= 4")
         self.condition = self.find_condition(condition, class_target, layout_target)
         self.shared, self.kind, self.n_critic = discriminator == "shared", loss, n_critic
-        self.r1_gamma, self.r1_every = r1_gamma, r1_every
-        self.semantic_weight, self.num_samples = semantic_weight, num_samples
+        self.r1_gamma, self.r1_every, self.semantic_weight = r1_gamma, r1_every, semantic_weight
+        self.num_samples = num_samples
         self.generator = Generator(info.image_size, noise_dim, hidden, **self.conditioning())
         self.head, self.discriminator = self.discriminator_side(
             in_channels, discriminator_hidden, spectral_norm
@@ -164,6 +164,10 @@ class GANTask(Task):
         self.eval_noise = torch.Generator().manual_seed(EVAL_SEED)
         self.reference = self.find_reference(quality_features)
         self.metric_directions = self.reported_directions()
+        self.start_state()
+
+    def start_state(self) -> None:
+        """What the task keeps between calls besides its configuration."""
         self.latest: dict[str, Tensor] = {}  # the latest training step's scalars
         self.penalised: Tensor | None = None  # this step's real images under R1 (shared)
         self.quality: SampleQuality | None = None  # made afresh at each evaluation
