@@ -202,3 +202,10 @@ def test_lazy_r1_on_the_shared_trunk_adds_the_penalty_on_its_steps(build_tiny_ru
     gan.ema.updates = 1  # not a multiple of r1_every: no penalty, no extra rows
     features, losses = forward_losses(run, images, targets)
     assert len(features) == 2 * len(images) and "r1" not in gan.latest
+
+
+def test_a_shared_discriminator_refuses_a_model_that_shares_nothing(build_tiny_run, tmp_path):
+    with pytest.raises(UserError, match="need a backbone shared with the other tasks") as raised:
+        build_tiny_run(tmp_path, *SHARED, "model.sharing=soft")
+    assert "\n" not in str(raised.value)
+    build_tiny_run(tmp_path / "own", *OWN, "model.sharing=soft")  # an own one needs none

@@ -225,6 +225,7 @@ def build_model(
         needs_task_parameters="task_parameters" in weighting.requires(),
     ).to(setting.device)
     check_model_fits(model, weighting, setting.trainer, str(cfg.model.get("sharing")))
+    check_trunk_shared(model, tasks, str(cfg.model.get("sharing")))
     if setting.distributed.enabled:
         weighting.check_data_parallel()
         model = synchronise_batch_norm(model, setting.distributed)
@@ -306,6 +307,19 @@ def loggers(setting: Setting) -> list[Logger]:
         return []
     purge_step = setting.resume.content["step"] + 1 if setting.resume else None
     return [TensorBoardLogger(setting.output_dir, purge_step)]
+
+
+def check_trunk_shared(model: MultiTaskModel, tasks: dict[str, Task], sharing: str) -> None:
+    """Stop before training when a task needs a backbone shared with the other tasks (a
+    shared discriminator) but this way of sharing gives every task its own."""
+    needing = [name for name, task in tasks.items() if task.needs_shared_trunk]
+    if needing and len(tasks) > 1 and not model.shared_parameters():
+        raise UserError(
+            f"task(s) {needing} need a backbone shared with the other tasks (e.g. "
+            f"tasks.{needing[0]}.discriminator=shared), but model.sharing={sharing} gives "
+            f"every task its own; use model.sharing=hard or cross_stitch, or "
+            f"tasks.{needing[0]}.discriminator=own"
+        )
 
 
 def check_model_fits(

@@ -35,6 +35,9 @@ class Task(ABC):
     metric_directions: dict[str, Direction]
     main_metric: str
     head: nn.Module
+    # Whether the task needs the backbone it reads to be shared with the other tasks (a
+    # shared discriminator); `build` refuses a way of sharing that gives it its own.
+    needs_shared_trunk: bool = False
 
     def __init__(self, name: str, target: str, info: DatasetInfo) -> None:
         if target not in info.targets:

@@ -150,6 +150,7 @@ class GANTask(Task):
             raise UserError(f"tasks.{name}: n_critic, r1_every must be >= 1, num_samples >= 4")
         self.condition = self.find_condition(condition, class_target, layout_target)
         self.shared, self.kind, self.n_critic = discriminator == "shared", loss, n_critic
+        self.needs_shared_trunk = self.shared
         self.r1_gamma, self.r1_every, self.semantic_weight = r1_gamma, r1_every, semantic_weight
         self.num_samples = num_samples
         self.generator = Generator(info.image_size, noise_dim, hidden, **self.conditioning())
