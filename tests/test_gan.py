@@ -209,3 +209,24 @@ def test_a_shared_discriminator_refuses_a_model_that_shares_nothing(build_tiny_r
         build_tiny_run(tmp_path, *SHARED, "model.sharing=soft")
     assert "\n" not in str(raised.value)
     build_tiny_run(tmp_path / "own", *OWN, "model.sharing=soft")  # an own one needs none
+
+
+def test_conditioned_samples_are_judged_like_real_images(build_tiny_run, tmp_path, monkeypatch):
+    """With samples equal to the real images, the reference network's verdict on them
+    (layout mIoU, class accuracy) equals its verdict on the real ones, pooled over pixels or
+    images as a segmentation or classification metric is."""
+    for condition, metric in (("layout", "layout_miou"), ("class", "class_accuracy")):
+        run = build_tiny_run(
+            tmp_path / condition, "tasks=[gan]", "tasks.gan.quality_features=shapes",
+            f"tasks.gan.condition={condition}", "tasks.gan.num_samples=8",
+        )  # fmt: skip
+        gan = run.tasks["gan"]
+        batch = next(iter(run.data.val_batches()))
+        target = gan.select_target(batch["targets"])
+        images = target["image"]
+        monkeypatch.setattr(gan, "sample", lambda count, _, __, images=images: images[:count])
+        gan.reset_metrics()
+        gan.update_metrics(torch.empty(0), target)
+        metrics = gan.compute_metrics()
+        assert metrics[metric] == metrics[f"{metric}_real"]
+        assert 0.5 < metrics[metric] <= 1  # the shipped reference reads real shapes well

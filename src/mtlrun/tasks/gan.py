@@ -49,7 +49,7 @@ from mtlrun.players import ModelForward, Player
 from mtlrun.quality.features import ReferenceNetwork, load_reference, reference_path
 from mtlrun.quality.sample_quality import SampleQuality
 from mtlrun.tasks.base import Direction, Task
-from mtlrun.tasks.metrics import Mean
+from mtlrun.tasks.metrics import ConfusionMatrix
 from mtlrun.tasks.pictures import colourise
 
 CONDITIONS = ("none", "class", "layout")
@@ -172,8 +172,9 @@ class GANTask(Task):
         self.latest: dict[str, Tensor] = {}  # the latest training step's scalars
         self.penalised: Tensor | None = None  # this step's real images under R1 (shared)
         self.quality: SampleQuality | None = None  # made afresh at each evaluation
-        self.class_hits, self.layout_hits = Mean(), Mean()
-        self.class_hits_real, self.layout_hits_real = Mean(), Mean()
+        # The reference network's verdict on generated and on real images against the
+        # condition: classes (accuracy) or layouts (mean IoU over the pooled pixels).
+        self.judged = {key: ConfusionMatrix(self.condition.classes) for key in ("fake", "real")}
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -325,13 +326,14 @@ class GANTask(Task):
     def ema_beside_generator(self) -> Generator:
         """The EMA copy on the live generator's device and in its memory format (it was
         copied before the run moved the generator and made it channels-last)."""
-        weight = self.generator.to_rgb.weight
-        layout = (
-            torch.channels_last
-            if weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1
-            else torch.contiguous_format
-        )
+        weight, copy = self.generator.to_rgb.weight, self.ema.module.to_rgb.weight
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last)
+        if copy.device == weight.device and channels_last == copy.is_contiguous(
+            memory_format=torch.channels_last
+        ):
+            return self.ema.module  # the usual case: moved once, at the first step
         self.ema.module.to(weight.device)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         return self.ema.module.to(memory_format=layout)
 
     def state_dict(self) -> dict[str, Any]:
@@ -351,13 +353,8 @@ class GANTask(Task):
         self.seen = 0
         if self.reference is not None:
             self.quality = SampleQuality(self.reference)
-        for mean in (
-            self.class_hits,
-            self.layout_hits,
-            self.class_hits_real,
-            self.layout_hits_real,
-        ):
-            mean.reset()
+        for confusion in self.judged.values():
+            confusion.reset()
 
     @torch.no_grad()
     def update_metrics(self, output: Tensor, target: dict[str, Tensor]) -> None:
@@ -374,41 +371,23 @@ class GANTask(Task):
         self.reference.to(real.device)
         self.quality.update_real(real)
         self.quality.update_fake(fake)
-        if self.condition.kind == "class":
-            assert condition is not None
-            for hits, images in ((self.class_hits, fake), (self.class_hits_real, real)):
-                hits.update((self.reference.classify(images).argmax(1) == condition).float())
-        if self.condition.kind == "layout":
-            assert condition is not None
-            for hits, images in ((self.layout_hits, fake), (self.layout_hits_real, real)):
-                hits.update(self.layout_iou(self.reference.segment(images).argmax(1), condition))
-
-    def layout_iou(self, predicted: Tensor, layout: Tensor) -> Tensor:
-        """Per image, the mean IoU over the classes present in its layout or prediction."""
-        classes = self.condition.classes
-        valid = layout >= 0
-        hits = []
-        for image_predicted, image_layout, image_valid in zip(
-            predicted, layout, valid, strict=True
-        ):
-            p, t = image_predicted[image_valid], image_layout[image_valid]
-            confusion = torch.bincount(t * classes + p, minlength=classes * classes)
-            confusion = confusion.view(classes, classes).double()
-            union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
-            present = union > 0
-            hits.append((confusion.diag()[present] / union[present]).mean())
-        return torch.stack(hits)
+        if condition is not None:
+            classify = self.condition.kind == "class"
+            judge = self.reference.classify if classify else self.reference.segment
+            for key, images in (("fake", fake), ("real", real)):
+                self.judged[key].update(judge(images).argmax(1), condition)
 
     def compute_metrics(self) -> dict[str, float]:
         if self.quality is None or self.seen <= 3:
             return {}
         metrics = self.quality.compute()
+        fake, real = self.judged["fake"], self.judged["real"]
         if self.condition.kind == "class":
-            metrics["class_accuracy"] = self.class_hits.compute()
-            metrics["class_accuracy_real"] = self.class_hits_real.compute()
+            metrics["class_accuracy"] = fake.accuracy()
+            metrics["class_accuracy_real"] = real.accuracy()
         if self.condition.kind == "layout":
-            metrics["layout_miou"] = self.layout_hits.compute()
-            metrics["layout_miou_real"] = self.layout_hits_real.compute()
+            metrics["layout_miou"] = fake.mean_iou()
+            metrics["layout_miou_real"] = real.mean_iou()
         return metrics
 
     def sample(self, count: int, condition: Tensor | None, noise: torch.Generator) -> Tensor:
