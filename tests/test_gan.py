@@ -230,3 +230,35 @@ def test_conditioned_samples_are_judged_like_real_images(build_tiny_run, tmp_pat
         metrics = gan.compute_metrics()
         assert metrics[metric] == metrics[f"{metric}_real"]
         assert 0.5 < metrics[metric] <= 1  # the shipped reference reads real shapes well
+
+
+def label_column(picture: torch.Tensor, grid_width: int) -> torch.Tensor:
+    """The white column left of the sample grid, where the row names are written."""
+    return picture[:, :, : picture.shape[2] - grid_width]
+
+
+@pytest.mark.parametrize("condition", ["class", "layout"])
+def test_conditional_pictures_name_their_rows(build_tiny_run, tmp_path, condition):
+    """One row per class (or layout | generated | real), each named on its left in dark
+    text on white, so a reader sees which digit or shape a row was asked for."""
+    run = build_tiny_run(
+        tmp_path, "tasks=[gan]", *GAN, f"tasks.gan.condition={condition}",
+        "trainer.monitor=val/gan/loss",
+    )  # fmt: skip
+    gan = run.tasks["gan"]
+    batch = next(iter(run.data.val_batches()))
+    target = gan.select_target(batch["targets"])
+    (_, picture), *_ = gan.pictures(batch["image"], torch.empty(0), target).items()
+    rows = gan.condition.classes if condition == "class" else 3
+    columns = 8 if condition == "class" else len(target["image"])
+    tile = 64 + 2  # 32 px samples drawn at 64 px, plus the padding
+    assert picture.shape[1] == rows * tile + 2
+    text = label_column(picture, columns * tile + 2)
+    assert 20 < text.shape[2] < 120  # as wide as the longest name, no wider
+    ink = (text < 0.5).any(dim=0)  # dark pixels: the written names
+    row_ink = [ink[2 + row * tile : (row + 1) * tile].sum().item() for row in range(rows)]
+    assert all(count > 5 for count in row_ink)  # every row has its name
+    assert ink[:2].sum() == 0 and ink[-2:].sum() == 0  # nothing spills past the grid
+    # Different names are written differently (the column is not one repeated stamp).
+    first, second = (text[:, 2 + row * tile : (row + 1) * tile] for row in (0, 1))
+    assert not torch.equal(first, second)

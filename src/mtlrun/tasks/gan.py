@@ -31,7 +31,9 @@ The generator's EMA copy (`ema_decay`) makes the evaluation samples and pictures
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
@@ -408,15 +410,24 @@ class GANTask(Task):
             device = target["image"].device
             labels = torch.arange(classes, device=device).repeat_interleave(columns)
             samples = self.sample(len(labels), labels, noise)
-            return {"samples_by_class": grid(samples, columns)}
+            assert self.condition.target is not None
+            names = self.info.class_names.get(self.condition.target) or [
+                str(label) for label in range(classes)
+            ]
+            return {"samples_by_class": labelled_grid(samples, columns, names)}
         if self.condition.kind == "layout":
             layout = target["condition"]
             samples = self.sample(len(layout), layout, noise)
             rows = torch.cat(
                 [colourise(layout.cpu()), samples.cpu(), target["image"].float().cpu()]
             )
-            return {"layout_generated_real": grid(rows, len(layout))}
+            names = ["layout", "generated", "real"]
+            return {"layout_generated_real": labelled_grid(rows, len(layout), names)}
         return {"samples": grid(self.sample(4 * columns, None, noise), columns)}
+
+
+GRID_PADDING = 2
+LABEL_FONT_SIZE = 14
 
 
 def grid(images: Tensor, columns: int) -> Tensor:
@@ -425,7 +436,24 @@ def grid(images: Tensor, columns: int) -> Tensor:
     images = images.float().cpu().clamp(0, 1)
     scale = max(1, -(-64 // min(images.shape[-2:])))
     images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-    return make_grid(images, nrow=columns, padding=2, pad_value=1.0)
+    return make_grid(images, nrow=columns, padding=GRID_PADDING, pad_value=1.0)
+
+
+def labelled_grid(images: Tensor, columns: int, row_names: list[str]) -> Tensor:
+    """`grid` with one name per row written in a white column on its left (the class a row
+    was generated for, or what a row shows), so the picture reads without a legend."""
+    picture = grid(images, columns)
+    rows = len(row_names)
+    row_height = (picture.shape[1] - GRID_PADDING) // rows - GRID_PADDING
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE)
+    width = max(int(font.getbbox(name)[2]) for name in row_names) + 2 * GRID_PADDING + 6
+    column = Image.new("RGB", (width, picture.shape[1]), "white")
+    draw = ImageDraw.Draw(column)
+    for row, name in enumerate(row_names):
+        middle = GRID_PADDING + row * (row_height + GRID_PADDING) + row_height // 2
+        draw.text((4, middle), name, fill="black", font=font, anchor="lm")
+    text = torch.from_numpy(np.asarray(column).copy()).permute(2, 0, 1).float() / 255
+    return torch.cat([text, picture], dim=2)
 
 
 def process_slot() -> tuple[int, int]:
