@@ -262,3 +262,19 @@ def test_conditional_pictures_name_their_rows(build_tiny_run, tmp_path, conditio
     # Different names are written differently (the column is not one repeated stamp).
     first, second = (text[:, 2 + row * tile : (row + 1) * tile] for row in (0, 1))
     assert not torch.equal(first, second)
+
+
+def test_the_trunk_is_skipped_only_when_no_head_reads_it(build_tiny_run, tmp_path):
+    """A GAN with its own discriminator reads nothing from the backbone: alone it trains
+    without running it; beside a task that reads it, the trunk runs as before."""
+    for tasks, runs_trunk in (("[gan]", False), ("[cls,gan]", True)):
+        run = build_tiny_run(
+            tmp_path / tasks, f"tasks={tasks}", *OWN[1:], "trainer.monitor=val/gan/loss"
+        )
+        calls = []
+        run.model.backbone.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        images, targets = first_batch(run)
+        generator_before = snapshot(run.model.heads["gan"])
+        model_step(run, images, targets)
+        assert bool(calls) == runs_trunk
+        assert not same(generator_before, run.model.heads["gan"])  # the generator still trains

@@ -63,8 +63,16 @@ class MultiTaskModel(nn.Module):
                 the batch's own), e.g. a shared discriminator's generated images. They pass
                 through the trunk together with the batch, so the returned features cover
                 both and every loss reaches the trunk through them.
+
+        A head with `reads_features = False` reads nothing from the trunk; when no head
+        reads it, the trunk is skipped and the features are an empty [B, 0] tensor.
         """
         extra_inputs = extra_inputs or {}
+        if not any(getattr(head, "reads_features", True) for head in self.heads.values()):
+            # No head reads the trunk (a GAN with its own discriminator, alone): running it
+            # would cost a forward pass whose output nobody uses.
+            nothing = images.new_zeros(len(images), 0)
+            return nothing, {name: head(nothing) for name, head in self.heads.items()}
         count = len(images)
         if extra_inputs:
             images = torch.cat([images, *extra_inputs.values()])

@@ -65,6 +65,8 @@ class GeneratorHead(nn.Module):
     """The generator as the model's head (`discriminator: own`): it reads no features, and
     exists in the model so that the model's optimizer trains it."""
 
+    reads_features = False  # a model whose heads all read nothing skips its trunk
+
     def __init__(self, generator: Generator) -> None:
         super().__init__()
         self.generator = generator
