@@ -24,7 +24,7 @@ from mtlrun.engine import fit
 from mtlrun.weighting import StepContext, Weighting
 from mtlrun.weighting.aligned_mtl import AlignedMTL
 from mtlrun.weighting.base import GradientWeighting
-from mtlrun.weighting.cagrad import CAGrad, cagrad_dual
+from mtlrun.weighting.cagrad import CAGrad
 from mtlrun.weighting.dwa import DynamicWeightAverage
 from mtlrun.weighting.famo import FAMO
 from mtlrun.weighting.graddrop import GradDrop
@@ -291,35 +291,34 @@ def cagrad_dual_objective(weights: np.ndarray, gram: np.ndarray, c: float) -> np
 
 @FAST
 @given(seed=st.integers(0, 10_000), tasks=st.integers(2, 3), size=st.integers(1, 6))
-def test_cagrad_solves_its_dual_and_builds_the_papers_direction(
+def test_cagrad_reaches_the_dual_bound_and_the_papers_direction(
     seed: int, tasks: int, size: int
 ) -> None:
     c = 0.4
     grads = random_gradients(seed, tasks, size)
     gram = (grads @ grads.T).numpy()
     method = gradient_method(CAGrad, c=c)
-    combined, _ = method.combine(grads)
-    dual, solved = cagrad_dual(gram, c)
-    assert solved and int(method.solver_failures) == 0
-    # The dual minimiser beats every point of a dense grid of the simplex.
+    combined, weights = method.combine(grads)
+    assert int(method.solver_failures) == 0
+    torch.testing.assert_close(weights @ grads, combined)
+    mean = grads.mean(0)
+    radius = c * mean.norm()
+    scale = float(grads.norm(dim=1).max() ** 2)
+    assert float((combined - mean).norm()) <= float(radius) * (1 + 1e-9) + 1e-9
+    # Weak duality: every point of the simplex bounds the worst improvement from above; the
+    # best point of a dense grid bounds it tightly, and d reaches it.
     axis = np.linspace(0, 1, 201)
     grid = np.array([(*p, 1 - sum(p)) for p in itertools.product(axis, repeat=tasks - 1)])
     grid = grid[grid[:, -1] >= 0]
-    found = cagrad_dual_objective(dual[None], gram, c)[0]
-    assert found <= cagrad_dual_objective(grid, gram, c).min() + 1e-12 * gram.max()
-    # d = g0 + c||g0|| / ||g_w|| g_w, and it lies on the ball's boundary.
-    mean = grads.mean(0)
-    mixed = torch.from_numpy(dual) @ grads
-    radius = c * mean.norm()
-    if mixed.norm() > 1e-6 * grads.norm(dim=1).max():
+    bound = cagrad_dual_objective(grid, gram, c).min()
+    worst = float((grads @ combined).min())
+    assert worst <= bound + 1e-9 * scale
+    assert worst >= bound - 2e-3 * float(radius * grads.norm(dim=1).max())  # grid step
+    # Where the paper's formula is defined, d = g0 + c||g0|| / ||g_w|| g_w with g_w the
+    # normalised multipliers.
+    mixed = (weights - 1 / tasks) @ grads
+    if mixed.norm() > 1e-3 * grads.norm(dim=1).max():
         torch.testing.assert_close(combined, mean + radius / mixed.norm() * mixed)
-        assert abs(float((combined - mean).norm() - radius)) <= 1e-9 * float(radius)
-    # Primal optimality: no point of the ball improves the worst task more.
-    generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn(2000, size, generator=generator, dtype=torch.float64)
-    ball = mean + radius * directions / directions.norm(dim=1, keepdim=True)
-    best_sampled = (ball @ grads.T).min(dim=1).values.max()
-    assert (grads @ combined).min() >= best_sampled - 1e-9 * float(grads.norm(dim=1).max() ** 2)
 
 
 def test_cagrad_with_c_zero_is_the_average_gradient() -> None:
@@ -361,10 +360,12 @@ def test_nash_mtl_solution_bargains_alpha_times_k_alpha_equal_one(seed: int, tas
 def test_nash_mtl_counts_an_impossible_problem_as_a_solver_failure() -> None:
     grads = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)  # no α > 0 exists
     method = gradient_method(NashMTL)
-    _, alpha = method.combine(grads)
+    combined, alpha = method.combine(grads)
     assert int(method.solver_failures) == 1
     assert float(method.extra_scalars()["solver_failures"]) == 1
-    assert not torch.allclose(alpha, torch.full_like(alpha, 1 / 2))  # not replaced by equal
+    # The documented fallback: MGDA's minimum-norm point, here zero (Pareto-stationary).
+    torch.testing.assert_close(alpha, torch.full_like(alpha, 1 / 2))
+    torch.testing.assert_close(combined, torch.zeros_like(combined))
 
 
 @FAST

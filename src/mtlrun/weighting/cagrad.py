@@ -4,35 +4,47 @@ Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Lea
 NeurIPS 2021.
 """
 
-from collections.abc import Callable
-
 import numpy as np
 from torch import Tensor
 
 from mtlrun.errors import UserError
 from mtlrun.weighting.base import GradientWeighting
-from mtlrun.weighting.solvers import TOLERANCE, device_weights, host_gram, min_norm_weights
+from mtlrun.weighting.solvers import (
+    device_weights,
+    host_gram,
+    min_norm_weights,
+    nonnegative_least_squares,
+)
 
-# ||g_w|| computed from K carries rounding noise of about sqrt(eps)·max_i ||g_i||; below this
-# multiple of max_i ||g_i|| it is treated as zero.
-NEGLIGIBLE_NORM = 1e-6
+# A solve is certified when its duality gap is below GAP_TOLERANCE·||g_i||·max_j ||g_j|| (g_i
+# the worst-served task, so that a small gradient is judged at its own scale) and it leaves
+# the ball by less than ROUNDING·max_j ||g_j||² in squared distance; failures are counted.
+GAP_TOLERANCE = 1e-9
+ROUNDING = 1e-12
 
 
 class CAGrad(GradientWeighting):
     """Maximise the worst task's improvement within a ball around the average gradient.
 
-    With g0 the average gradient and r = c·||g0||, the update d maximises min_i ⟨g_i, d⟩
-    over ||d - g0|| ≤ r. Its dual is min over the simplex of F(w) = ⟨g_w, g0⟩ + r·||g_w||
-    (g_w = Σ w_i g_i), and d = g0 + r / ||g_w|| · g_w. We solve the dual exactly: writing
-    ||g_w|| = min_t (||g_w||²/t + t)/2 turns it into a one-dimensional search over t whose
-    inner problem is the nearest point of the gradients' hull to -(t/r)·g0, a minimum-norm
-    problem; the optimal t is the root of t = ||g_w(t)||, found by safeguarded regula falsi.
+    With g0 the average gradient and r = c·||g0||, the update d solves the paper's primal
+    problem max_d min_i ⟨g_i, d⟩ s.t. ||d - g0|| ≤ r (its eq. 3). The paper goes through the
+    dual, min over the simplex of F(w) = ⟨g_w, g0⟩ + r·||g_w|| (g_w = Σ w_i g_i), and
+    d = g0 + r·g_w/||g_w||, which is undefined when g_w = 0 (0 in the gradients' hull, e.g.
+    two opposite gradients) and, computed from the Gram matrix, lost in rounding when
+    ||g_w|| is tiny next to the largest gradient (norms spread over many decades). We solve
+    the primal directly instead: for a level v, the point of {d: ⟨g_i, d⟩ ≥ v ∀i} nearest g0
+    is a small non-negative least-squares problem (`nearest_improving`), its distance to
+    g0 grows with v, and the optimum is the largest v whose point lies in the ball
+    (`best_level`, a safeguarded regula falsi on that distance). That d coincides with the
+    paper's where the formula holds, and is optimal (the one nearest g0) where it does not.
+    Each solve is certified by its duality gap, F(w) with w ∝ the multipliers minus
+    min_i ⟨g_i, d⟩, and its distance to g0; failed certificates are counted.
 
     Args:
         c: radius of the ball relative to ||g0|| (0 gives the average gradient; the paper
             uses 0.4 for its vision benchmarks).
-        rescale: divide d by 1 + c², as the authors' code does, so its size stays close
-            to that of g0 (the paper's algorithm does not).
+        rescale: divide d by 1 + c², as the authors' code (and LibMTL) does, so its size
+            stays close to that of g0 (the paper's algorithm does not).
     """
 
     solves = True
@@ -55,122 +67,109 @@ class CAGrad(GradientWeighting):
 
 
 def cagrad_coefficients(gram: np.ndarray, c: float) -> tuple[np.ndarray, bool]:
-    """The coefficients of d = Σ_i (1/T + λ w_i) g_i, and whether the dual was solved.
+    """The coefficients α of the primal solution d = Σ_i α_i g_i, and whether the solve is
+    certified (duality gap and ball constraint within the tolerances above).
 
     Args:
         gram: K = [g_i · g_j], [T, T].
         c: the ball's radius relative to the average gradient's norm.
     """
-    weights, solved = cagrad_dual(gram, c)
-    count = len(gram)
-    radius = c * np.sqrt(max(gram.sum(), 0.0)) / count
-    norm = np.sqrt(max(weights @ gram @ weights, 0.0))
-    # With g_w = 0 (0 in the hull and F ≥ 0 on it) the direction g_w / ||g_w|| is undefined,
-    # and d = g0 is used.
-    largest = np.sqrt(max(float(np.max(np.diag(gram), initial=0.0)), 0.0))
-    multiplier = radius / norm if norm > NEGLIGIBLE_NORM * largest else 0.0
-    return 1.0 / count + multiplier * weights, solved
-
-
-def cagrad_dual(gram: np.ndarray, c: float, iterations: int = 100) -> tuple[np.ndarray, bool]:
-    """argmin over the simplex of F(w) = wᵀK 1/T + r·sqrt(wᵀKw), with r = c·||g0||.
-
-    Returns:
-        The weights and whether the solve met its optimality check.
-    """
     count = len(gram)
     uniform = np.full(count, 1.0 / count)
     if not np.isfinite(gram).all():  # non-finite gradients: no answer, and none is made up
         return np.full(count, np.nan), False
-    towards_mean = gram.sum(axis=1) / count  # K 1/T = [g_i · g0]
-    mean_norm_sq = max(gram.sum() / count**2, 0.0)  # ||g0||²
-    radius = c * np.sqrt(mean_norm_sq)
     scale = float(np.max(np.diag(gram), initial=0.0))
-    if radius <= 0.0 or scale <= 0.0:  # F is linear (or zero): d = g0 whatever w is
+    if c == 0 or scale <= 0.0 or gram.sum() <= 0.0:  # the ball is the point g0
         return uniform, True
-
-    def nearest(t: float) -> tuple[np.ndarray, float, bool]:
-        """Hull point nearest to -(t/r) g0: its weights, t - its norm, solve flag."""
-        s = t / radius
-        shifted = gram + s * (towards_mean[:, None] + towards_mean[None, :]) + s * s * mean_norm_sq
-        weights, solved = min_norm_weights(shifted)
-        return weights, t - np.sqrt(max(weights @ gram @ weights, 0.0)), solved
-
-    # ψ(t) = t - ||g_w(t)|| has the sign of the derivative of the convex function minimised
-    # over t > 0, so it is < 0 left of the optimum and > 0 right of it: a bracketed root.
-    # The low end starts above 0, where ψ(0) = 0 would be a false root when 0 lies in the
-    # hull, and above the rounding noise of ||g_w||; the high end is the largest gradient
-    # norm, where ψ ≥ 0.
-    low, high = NEGLIGIBLE_NORM * np.sqrt(scale), np.sqrt(scale)
-    weights, value_low, solved = nearest(low)
-    if value_low >= 0:
-        # The optimum lies in (0, low]; since the function minimised over t has slope at most
-        # r/2, F(w) exceeds the minimum by at most r·low/2: optimal to 1e-6 relative.
-        return weights, solved
-    tolerance = 1e-13 * np.sqrt(scale)
-    weights, solved = illinois_root(
-        nearest, low, high, (weights, value_low, solved), tolerance, iterations
-    )
-    return weights, solved and is_cagrad_optimal(gram, weights, c)
+    towards_mean = gram.sum(axis=1) / count  # [g_i · g0]
+    radius = c * np.sqrt(gram.sum()) / count
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    # ⟨g_i, d⟩ ≤ ⟨g_i, g0⟩ + r||g_i|| in the ball, so the optimum lies in [low, high].
+    low, high = float(towards_mean.min()), float((towards_mean + radius * norms).min())
+    multipliers = best_level(gram, radius, low, high)
+    # Upper bounds of the optimum: `high`, and F at any point of the simplex; the normalised
+    # multipliers give a tight one where d is on the sphere, the hull's minimum-norm point
+    # (F = 0 if it is 0) where it is not.
+    candidates = [min_norm_weights(gram)[0]]
+    if multipliers.sum() > 0:
+        candidates.append(multipliers / multipliers.sum())
+    bound = min([high, *(cagrad_dual_value(gram, w, c) for w in candidates)])
+    coefficients = uniform + multipliers
+    return coefficients, is_primal_optimal(gram, coefficients, bound, c)
 
 
-def illinois_root(
-    gap: Callable[[float], tuple[np.ndarray, float, bool]],
-    low: float,
-    high: float,
-    at_low: tuple[np.ndarray, float, bool],
-    tolerance: float,
-    iterations: int,
-) -> tuple[np.ndarray, bool]:
-    """The root of ψ(t) = `gap(t)[1]` bracketed by ψ(low) < 0 <= ψ(high): the weights `gap`
-    gives there, and whether the search converged with every solve on the way flagged good.
+def best_level(
+    gram: np.ndarray, radius: float, low: float, high: float, iterations: int = 100
+) -> np.ndarray:
+    """Multipliers λ of the largest level v in [low, high] whose nearest improving point
+    d = g0 + Σ λ_i g_i lies within `radius` of g0 (at `low` it is g0 itself).
 
-    Args:
-        gap: t -> (weights, ψ(t), solve flag), as `cagrad_dual`'s `nearest`.
-        at_low: `gap(low)`, already evaluated.
-        tolerance: stop when the bracket or |ψ| is this small.
+    The excess ||d - g0|| - r is non-decreasing in v (the sets shrink as v grows) and
+    infinite where no d reaches v; regula falsi with the Illinois modification keeps a
+    bracket whose low end is always a point in the ball, and returns that point.
     """
-    weights, value_low, solved = at_low
-    _, value_high, _ = gap(high)
+    scale = float(np.max(np.diag(gram)))
+
+    def excess(level: float) -> tuple[np.ndarray, float]:
+        step = nearest_improving(gram, level)
+        reached = gram @ (step + 1.0 / len(gram))
+        if (reached < level - ROUNDING * scale).any():  # the level is out of reach
+            return step, radius
+        return step, np.sqrt(max(float(step @ gram @ step), 0.0)) - radius
+
+    best, at_low = np.zeros(len(gram)), -radius
+    step, at_high = excess(high)
+    if at_high <= 0:  # the upper bound is reached: optimal
+        return step
     side = 0
     for _ in range(iterations):
-        if high - low <= tolerance:
+        if high - low <= 1e-15 * max(abs(low), abs(high)) + ROUNDING * scale:
             break
-        # Regula falsi with the Illinois modification: halve a stale end's value so both
-        # ends keep moving and convergence stays superlinear.
-        middle = (low * value_high - high * value_low) / (value_high - value_low)
+        middle = (low * at_high - high * at_low) / (at_high - at_low)
         if not low < middle < high:
             middle = 0.5 * (low + high)
-        weights, value, solved = gap(middle)
-        if abs(value) <= tolerance:
-            break
-        if value < 0:
-            low, value_low = middle, value
-            value_high = value_high / 2 if side == -1 else value_high
-            side = -1
+        step, value = excess(middle)
+        if value <= 0:
+            low, at_low, best = middle, value, step
+            if value >= -ROUNDING * radius:  # on the ball's boundary: optimal
+                break
+            at_high, side = (at_high / 2 if side == -1 else at_high), -1
         else:
-            high, value_high = middle, value
-            value_low = value_low / 2 if side == 1 else value_low
-            side = 1
-    else:
-        solved = False
-    return weights, solved
+            high, at_high = middle, value
+            at_low, side = (at_low / 2 if side == 1 else at_low), 1
+    return best
 
 
-def is_cagrad_optimal(
-    gram: np.ndarray, weights: np.ndarray, c: float, tolerance: float = 1e-7
-) -> bool:
-    """Whether `weights` minimise CAGrad's dual to within `tolerance`: on the simplex, with
-    no vertex direction decreasing F (Frank-Wolfe gap ∇F·w - min_i ∇F_i ≈ 0)."""
+def cagrad_dual_value(gram: np.ndarray, weights: np.ndarray, c: float) -> float:
+    """F(w) = ⟨g_w, g0⟩ + c·||g0||·||g_w||."""
     count = len(gram)
-    scale = max(float(np.max(np.diag(gram))), np.finfo(float).tiny)
     radius = c * np.sqrt(max(gram.sum(), 0.0)) / count
-    products = gram @ weights
-    norm = np.sqrt(max(weights @ products, 0.0))
-    if not np.isfinite(weights).all() or abs(weights.sum() - 1) > TOLERANCE:
-        return False
-    if norm <= NEGLIGIBLE_NORM * np.sqrt(scale):
-        return False  # F is not differentiable here; cagrad_dual certifies this case itself
-    gradient = gram.sum(axis=1) / count + radius * products / norm
-    gap = (weights @ gradient - gradient.min()) / scale
-    return bool(weights.min() >= -TOLERANCE and gap <= tolerance)
+    return float(weights @ gram.sum(axis=1) / count) + radius * np.sqrt(
+        max(float(weights @ gram @ weights), 0.0)
+    )
+
+
+def nearest_improving(gram: np.ndarray, level: float) -> np.ndarray:
+    """λ ≥ 0 such that d = g0 + Σ λ_i g_i is the point nearest g0 with ⟨g_i, d⟩ ≥ `level`
+    for every i: the dual of that projection, min_λ≥0 ½λᵀKλ - λᵀ(level·1 - K1/T), solved
+    by non-negative least squares on K scaled to unit size."""
+    count = len(gram)
+    scale = float(np.max(np.diag(gram)))
+    target = (level - gram.sum(axis=1) / count) / scale
+    return nonnegative_least_squares(gram / scale, target)
+
+
+def is_primal_optimal(gram: np.ndarray, coefficients: np.ndarray, value: float, c: float) -> bool:
+    """Whether d = Σ α_i g_i lies in the ball and improves the worst task by the dual value
+    `value` (an upper bound of the optimum, by weak duality), to the tolerances above: a
+    certificate that does not trust the dual solve."""
+    count = len(gram)
+    scale = float(np.max(np.diag(gram)))
+    radius_sq = c * c * max(gram.sum(), 0.0) / count**2
+    step = coefficients - 1.0 / count
+    inside = float(step @ gram @ step) <= radius_sq + ROUNDING * scale
+    improvements = gram @ coefficients
+    worst = int(np.argmin(improvements))
+    allowed = GAP_TOLERANCE * np.sqrt(gram[worst, worst] * scale) + ROUNDING * scale
+    gap = value - float(improvements[worst])
+    return bool(np.isfinite(coefficients).all() and inside and gap <= allowed)

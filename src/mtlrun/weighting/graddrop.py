@@ -8,18 +8,21 @@ import torch
 from torch import Tensor
 
 from mtlrun.errors import UserError
-from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.base import GradientWeighting, StepContext
 
 
 class GradDrop(GradientWeighting):
     """Keep, at every position, only the gradients of one sign, chosen at random with the
     probability given by the sign purity P = ½ (1 + Σ_i g_i / Σ_i |g_i|).
 
-    A task's gradient at a position survives if (P > U and g_i > 0) or (P < U and
-    g_i < 0), U ~ Uniform(0, 1) drawn per position; the update is the sum of survivors.
-    On the shared representation (the paper's placement) the purity and the signs come
-    from the gradients summed over the batch, and the mask applies to every sample. The
-    reported weight of a task is the share of its squared gradient norm that survived.
+    A task's gradient at a position survives if (P > U and G_i > 0) or (P < U and
+    G_i < 0), U ~ Uniform(0, 1) drawn per position; the update is the sum of survivors
+    (Algorithm 1, lines 10-15). On the shared representation A (the paper's placement,
+    batch-separated) the signals are G_i = Σ_batch sign(A) ∘ ∇_A L_i (Algorithm 1's first
+    step, before the purity: the sign of the layer's input decides which way a gradient
+    moves the weights that read it, so samples are summed after multiplying by it), and
+    the mask applies to every sample. On the parameters, G_i = g_i. The reported weight of
+    a task is the share of its squared gradient norm that survived.
 
     Args:
         on: "features" (as in the paper) or "parameters".
@@ -34,12 +37,24 @@ class GradDrop(GradientWeighting):
         if not 0 <= leak <= 1:
             raise UserError(f"weighting.leak must be in [0, 1], got {leak}")
         self.leak = leak
+        self.input_signs: Tensor | None = None  # sign(A) of the current step's features
+
+    def backward(self, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
+        self.input_signs = context.features.detach().sign() if self.on == "features" else None
+        try:
+            return super().backward(losses, context)
+        finally:
+            self.input_signs = None
 
     def combine(self, grads: Tensor) -> tuple[Tensor, Tensor]:
         per_sample = self.on == "features" and len(self.row_shape) > 1
         # Rows as [T, B, N] (features) or [T, 1, P] (parameters): signs from the batch sum.
         shaped = grads.view(len(grads), self.row_shape[0], -1) if per_sample else grads[:, None]
-        summed = shaped.sum(1)
+        signs = self.input_signs
+        if per_sample and signs is not None:
+            summed = (shaped * signs.reshape(1, len(signs), -1).to(grads.dtype)).sum(1)
+        else:
+            summed = shaped.sum(1)
         tiny = torch.finfo(grads.dtype).tiny
         purity = 0.5 * (1 + summed.sum(0) / summed.abs().sum(0).clamp_min(tiny))
         uniform = torch.rand_like(purity)

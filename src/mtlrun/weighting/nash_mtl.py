@@ -8,7 +8,7 @@ import numpy as np
 from torch import Tensor
 
 from mtlrun.weighting.base import GradientWeighting
-from mtlrun.weighting.solvers import device_weights, host_gram
+from mtlrun.weighting.solvers import device_weights, host_gram, min_norm_weights
 
 
 class NashMTL(GradientWeighting):
@@ -16,9 +16,16 @@ class NashMTL(GradientWeighting):
 
     That is the stationarity condition of φ(α) = ½ αᵀKα - Σ log α_i, strictly convex on
     α > 0, so damped Newton steps on φ reach it to machine precision in a few iterations
-    (the paper instead solves a sequence of convex programs with cvxpy). When a positive
-    combination of the gradients vanishes (e.g. two opposite ones), φ is unbounded below
-    and no solution exists; such a solve is counted as a failure and the last iterate used.
+    (the paper instead solves a sequence of convex programs with cvxpy).
+
+    Degenerate cases, with a bounded answer each:
+    - a task whose gradient is exactly zero (a solved task) has no utility to bargain for:
+      it gets α = 0 and the others bargain among themselves;
+    - when a positive combination of the remaining gradients vanishes (e.g. two opposite
+      ones), φ is unbounded below, no solution exists and no direction improves every
+      task: the solve is counted as a failure and the update falls back to MGDA's (the
+      minimum-norm point of the gradients' hull, weights on the simplex), which is zero
+      at such a Pareto-stationary point instead of a cancelling sum with weights ~1e7.
 
     Args:
         iterations: cap on Newton steps.
@@ -39,17 +46,34 @@ class NashMTL(GradientWeighting):
 
 
 def nash_weights(gram: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, bool]:
-    """α > 0 with α_i (K α)_i = 1 for every i, and whether it was found to 1e-9."""
+    """α ≥ 0 with α_i (K α)_i = 1 for every task with a non-zero gradient (α_i = 0 for the
+    others), and whether it was found to 1e-9; if no solution exists, MGDA's weights and
+    False (see `NashMTL`)."""
     count = len(gram)
-    scale = float(np.max(np.diag(gram), initial=0.0))
     if not np.isfinite(gram).all():  # non-finite gradients: no answer, and none is made up
         return np.full(count, np.nan), False
-    if scale <= 0:  # all gradients zero: no α solves it, and the update is zero for any α
-        return np.ones(count), False
+    active = np.diag(gram) > 0
+    alpha = np.zeros(count)
+    if not active.any():  # every gradient is zero: the update is zero whatever α is
+        return alpha, True
+    sub = gram[np.ix_(active, active)]
+    solution, solved = bargain(sub, iterations)
+    if not solved:  # no α > 0 exists: MGDA's bounded direction
+        weights, _ = min_norm_weights(sub)
+        alpha[active] = weights
+        return alpha, False
+    alpha[active] = solution
+    return alpha, True
+
+
+def bargain(gram: np.ndarray, iterations: int) -> tuple[np.ndarray, bool]:
+    """Damped Newton on φ for gradients that are all non-zero: α and whether it solves
+    α_i (K α)_i = 1 to 1e-9."""
+    scale = float(np.max(np.diag(gram)))
     # Solve for K/scale, whose solution is α·sqrt(scale): the iteration then works on
     # numbers near 1 whatever the size of the gradients.
     matrix = gram / scale
-    alpha = 1 / np.sqrt(np.maximum(np.diag(matrix), 1e-12))  # exact for orthogonal gradients
+    alpha = 1 / np.sqrt(np.diag(matrix))  # exact for orthogonal gradients
 
     def objective(point: np.ndarray) -> float:
         return 0.5 * point @ matrix @ point - np.log(point).sum()
