@@ -95,7 +95,8 @@ def train_epoch(run: Run, progress: Progress, epoch: int, watch: PreemptionWatch
     model.train()
     for player in run.players:
         player.module.train()
-    run.console.start_epoch(epoch, trainer.epochs, run.data.num_train_batches(), progress.batch)
+    steps, every = run.data.num_train_batches(), trainer.eval_every_n_epochs
+    run.console.start_epoch(epoch, trainer.epochs, steps, progress.batch, every)
     window_start, window_images = time.perf_counter(), 0
     for batch in run.data.train_batches(epoch, start=progress.batch):
         images = prepare_images(batch["image"], trainer)
@@ -132,6 +133,8 @@ def train_epoch(run: Run, progress: Progress, epoch: int, watch: PreemptionWatch
             throughput = window_images / max(elapsed, 1e-9)
             log_train(run, progress, epoch, loss_vector, weights, player_scalars, throughput)
             window_start, window_images = time.perf_counter(), 0
+        elif run.console.needs_first_losses:  # shown at once, not only at the first log step
+            run.console.first_losses(dict(zip(run.tasks, loss_vector.tolist(), strict=True)))
         save_within_epoch(run, progress, watch)
     run.nonfinite.check(progress)
 
@@ -276,7 +279,7 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
         task.reset_metrics()
     loss_sums = torch.zeros(len(run.tasks), dtype=torch.float64, device=device)
     count = 0
-    for index, batch in enumerate(run.data.val_batches()):
+    for index, batch in enumerate(run.console.evaluating(run.data.val_batches())):
         images = prepare_images(batch["image"], run.trainer)
         targets = {name: task.select_target(batch["targets"]) for name, task in run.tasks.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.trainer.amp):
