@@ -6,9 +6,12 @@ Processes that do not depend on each other are started together.
 """
 
 import json
+import re
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,88 @@ def test_plain_progress_reports_steps_metrics_and_folder(concurrent_runs: Concur
     assert "validation metrics" in result.stdout
     printed = [line.removeprefix("outputs: ").strip() for line in result.stdout.splitlines()]
     assert folders & {str(Path(line).resolve()) for line in printed if line.startswith("/")}
+
+
+def test_plain_lines_carry_the_step_count_and_eta(concurrent_runs: ConcurrentRuns) -> None:
+    lines = concurrent_runs.console_script.stdout.splitlines()
+    steps = [line for line in lines if line.startswith("epoch ")]
+    assert steps and all(re.match(r"epoch 1/1  step \d+/2  ETA \S+  loss ", s) for s in steps)
+    assert steps[-1].startswith("epoch 1/1  step 2/2  ETA 0:00:00")
+
+
+def test_the_config_is_printed_as_its_changes(concurrent_runs: ConcurrentRuns) -> None:
+    lines = concurrent_runs.console_script.stdout.splitlines()
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    printed = lines[:first_step]
+    assert printed[0].startswith("config, as it differs from the defaults")
+    assert "  experiment: default → smoke" in printed
+    assert "  trainer.progress: auto → plain" in printed
+    assert len(printed) < 20 and "_target_" not in "".join(printed)
+
+
+def console_script_folder(result: Finished) -> Path:
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("outputs: ")]
+    return Path(line.removeprefix("outputs: "))
+
+
+def test_cli_log_holds_the_console_output(concurrent_runs: ConcurrentRuns) -> None:
+    result = concurrent_runs.console_script
+    log = (console_script_folder(result) / "cli.log").read_text()
+    assert "\x1b[" not in log
+    for line in result.stdout.splitlines():
+        if line.strip() and not line.startswith(("┏", "┃", "┡", "│", "└")):
+            assert line.rstrip() in log, line
+
+
+def test_run_folders_say_when_and_what_ran(concurrent_runs: ConcurrentRuns) -> None:
+    for folder in concurrent_runs.console_script.run_folders():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_cls-seg-gen_sum_\d+", folder.name)
+
+
+def test_resume_continues_that_run_with_the_overrides_on_top(
+    concurrent_runs: ConcurrentRuns, mtlrun_command: list[str], tmp_path: Path
+) -> None:
+    previous = concurrent_runs.console_script.run_folders()[0]
+    result = run([*mtlrun_command, f"resume={previous}", "trainer.epochs=2"], tmp_path)
+    assert_succeeded(result)
+    assert f"resuming {previous} with trainer.epochs 1 → 2" in result.stdout
+    (folder,) = result.run_folders()
+    assert folder.name.endswith(f"_cls-seg-gen_sum_resumed_{folder.name.rsplit('_', 1)[1]}")
+    config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    assert config.trainer.epochs == 2 and config.dataset.train_size == 16  # the run's own
+    assert read_metrics(folder)["epoch"] == 2 and read_metrics(folder)["step"] == 4
+
+
+def test_one_process_per_run_folder_and_a_killed_ones_lock_is_taken_over(
+    mtlrun_command: list[str], smoke_arguments: list[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "run"
+    arguments = [*mtlrun_command, *smoke_arguments, f"hydra.run.dir={folder}"]
+    first = Started([*arguments, "trainer.epochs=500", "trainer.progress=plain"], tmp_path)
+    first.wait_for("val after epoch 1")
+    second = run([*arguments, "trainer.epochs=500"], tmp_path)
+    assert_one_line_error(second, [f"pid {first.process.pid}", str(folder)])
+    first.process.kill()
+    first.finish()
+    third = run([*arguments, "trainer.epochs=1", "trainer.progress=plain"], tmp_path)
+    assert_succeeded(third)
+    assert "resumed from" in third.stdout  # the killed run's checkpoint, in its folder
+    assert (folder / ".mtlrun.lock").read_text() == ""
+
+
+def test_version_is_mtlrun_s_own(mtlrun_command: list[str], tmp_path: Path) -> None:
+    result = run([*mtlrun_command, "--version"], tmp_path)
+    assert_succeeded(result)
+    assert result.stdout == f"mtlrun {metadata.version('mtlrun')}\n"
+
+
+def test_help_cut_short_by_a_pipe_ends_quietly(tmp_path: Path) -> None:
+    piped = subprocess.run(
+        f"{sys.executable} -m mtlrun --help | head -3",
+        shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert len(piped.stdout.splitlines()) == 3
+    assert piped.stderr == ""
 
 
 def test_multirun_writes_one_numbered_folder_per_job(
@@ -201,7 +286,8 @@ def test_bad_input_is_one_clear_line(
 ) -> None:
     result = call_main([*smoke_arguments, *arguments_of(case, files)])
     assert_one_line_error(result, BAD_INPUTS[case].named)
-    assert not list(result.cwd.rglob("metrics.json"))
+    assert not result.stdout  # nothing printed before the error: no config
+    assert not result.run_folders()  # a refused run leaves no folder
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +312,8 @@ def test_bad_input_process_exits_with_one_clear_line(
 ) -> None:
     result = bad_input_processes[case]
     assert_one_line_error(result, BAD_INPUTS[case].named)
-    assert not list(result.cwd.rglob("metrics.json"))
+    assert not result.stdout
+    assert not result.run_folders()
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(

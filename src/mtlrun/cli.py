@@ -12,19 +12,45 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from mtlrun import __version__
 from mtlrun.errors import UserError, first_line
 from mtlrun.preemption import Preempted
 
-if TYPE_CHECKING:  # imported by check_arguments when needed: Hydra's parser is slow to load
+if TYPE_CHECKING:  # imported when needed: Hydra's parser and rich are slow to load
     from hydra.core.override_parser.types import Override
 
-# Run folders carry the process id, so runs started in the same microsecond stay apart.
+    from mtlrun.console import Console
+
+# Run folders carry the process id, so runs started in the same second stay apart.
 # Cached like Hydra's `now`: a sweep's jobs (in other processes under the joblib or submitit
 # launchers, or after a requeue) get the cache with the config and so the same sweep folder.
 OmegaConf.register_new_resolver("mtlrun_pid", os.getpid, replace=True, use_cache=True)
+
+
+def run_name(tasks: Any, weighting: Any, resume: Any = None) -> str:
+    """`<tasks>_<weighting>` for run folder names, e.g. `cls-seg-gen_sum`; a resumed run is
+    named after the run it continues (`..._resumed`)."""
+    from mtlrun.job import saved_config_path
+
+    suffix = ""
+    saved = saved_config_path(resume) if isinstance(resume, str) else None
+    if saved is not None:
+        try:
+            tasks = OmegaConf.select(OmegaConf.load(saved), "tasks")
+            hydra_yaml = OmegaConf.load(saved.parent / "hydra.yaml")
+            weighting = OmegaConf.select(hydra_yaml, "hydra.runtime.choices.weighting")
+            suffix = "_resumed"
+        except (OSError, OmegaConfBaseException):
+            pass
+    names = list(tasks) if OmegaConf.is_dict(tasks) or isinstance(tasks, dict) else []
+    safe = ["".join(c if c.isalnum() or c in "-." else "-" for c in str(n)) for n in names]
+    return f"{'-'.join(safe) or 'notasks'}_{weighting or 'noweighting'}{suffix}"
+
+
+OmegaConf.register_new_resolver("mtlrun_run_name", run_name, replace=True)
 
 GROUPS = (
     "backbone",
@@ -48,45 +74,119 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "conf"
 
 
-def fail(message: str) -> None:
+def fail(message: str, console: "Console | None" = None) -> None:
+    """The one error line on stderr (and in the run's log, if there is one); exit code 2."""
     rank = f"rank {os.environ['RANK']}: " if "WORLD_SIZE" in os.environ else ""
-    print(f"mtlrun: error: {rank}{message}", file=sys.stderr, flush=True)
+    line = f"mtlrun: error: {rank}{message}"
+    print(line, file=sys.stderr, flush=True)
+    if console is not None:
+        console.error(line)
     raise SystemExit(2)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def train(cfg: DictConfig) -> float | None:
-    """Hydra task function: returns the monitored metric, for sweepers to optimise."""
+    """Hydra task function: returns the monitored metric, for sweepers to optimise.
+
+    Rank 0 locks the run folder first; a run refused before training (bad input found while
+    building) removes the folder Hydra made for it, so that it leaves nothing behind.
+    """
     from torch.distributed import DistError
 
-    from mtlrun.build import build
     from mtlrun.console import Console
-    from mtlrun.engine import fit
+    from mtlrun.job import RunFolderLock, is_fresh
 
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    main_process = not is_secondary_process()
+    log_path = output_dir / f"{hydra_config.job.name}.log"
+    lock, console = RunFolderLock(output_dir), None
     try:
-        console = Console("none" if is_secondary_process() else str(cfg.trainer.get("progress")))
-        console.print_config(cfg)
-        hydra_config = HydraConfig.get()
-        run = build(
-            cfg, Path(hydra_config.runtime.output_dir), dict(hydra_config.runtime.choices), console
-        )
-        metrics = fit(run)
-        return metrics.get(run.monitor)
+        if main_process:
+            lock.acquire()
+        fresh = main_process and is_fresh(output_dir, log_path.name)
+        progress = "none" if not main_process else str(cfg.trainer.get("progress"))
+        console = Console(progress, log_path if main_process else None)
+        return run_job(cfg, output_dir, console, fresh)
     except Preempted as stop:
         print(f"mtlrun: {stop}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None  # as if the signal had ended the process
     except (UserError, OmegaConfBaseException) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        fail(str(error) if isinstance(error, UserError) else one_line(error))
+        fail(str(error) if isinstance(error, UserError) else one_line(error), console)
     except DistError as error:  # a collective failed: another process is gone
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(
             f"lost contact with the other training processes ({first_line(error, limit=160)}); the "
-            "process that failed first printed why"
+            "process that failed first printed why",
+            console,
         )
+    finally:
+        lock.release()
+        if console is not None:
+            console.close_log()
     return None
+
+
+def run_job(cfg: DictConfig, output_dir: Path, console: "Console", fresh: bool) -> float | None:
+    """Settle the config (a resumed run's own), build and check everything, then print the
+    config and train. Nothing is printed before the run is known to be valid."""
+    from mtlrun.build import build
+    from mtlrun.engine import fit
+    from mtlrun.job import discard, resumed_config
+
+    hydra_config = HydraConfig.get()
+    overrides = list(hydra_config.overrides.task)
+    choices = dict(hydra_config.runtime.choices)
+    try:
+        saved = saved_choices(cfg.get("resume"))
+        cfg, notes = resumed_config(cfg, overrides, saved)
+        choices = saved if notes and saved else choices  # a resumed run's own groups
+        run = build(cfg, output_dir, choices, console)
+    except BaseException:
+        if fresh:
+            discard(output_dir)
+        raise
+    if notes and (output_dir / ".hydra").is_dir():  # the config this run goes on with
+        OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")
+    show_config(cfg, console, choices, overrides)
+    for note in notes:
+        console.note(note)
+    metrics = fit(run)
+    return metrics.get(run.monitor)
+
+
+def saved_choices(resume: Any) -> dict[str, Any]:
+    """The config-group options a resumed run was composed from (its .hydra/hydra.yaml)."""
+    from mtlrun.job import saved_config_path
+
+    saved = saved_config_path(resume) if isinstance(resume, str) else None
+    try:
+        hydra_yaml = OmegaConf.load(saved.parent / "hydra.yaml") if saved else None
+        return dict(hydra_yaml.hydra.runtime.choices) if hydra_yaml else {}
+    except (OSError, OmegaConfBaseException):
+        return {}
+
+
+def show_config(
+    cfg: DictConfig, console: "Console", choices: dict[str, Any], overrides: list[str]
+) -> None:
+    """`trainer.print_config`: `changes` (what differs from the defaults), `full` or `none`."""
+    from hydra import compose
+
+    from mtlrun.job import config_changes
+
+    mode = str(cfg.trainer.get("print_config", "changes"))
+    if mode == "full":
+        console.print_config(cfg)
+    elif mode == "changes":
+        defaults = compose("config", return_hydra_config=True)
+        default_choices = dict(defaults.hydra.runtime.choices)
+        with open_dict(defaults):
+            del defaults["hydra"]
+        console.print_changes(config_changes(cfg, defaults, choices, default_choices, overrides))
 
 
 def is_secondary_process() -> bool:
@@ -171,6 +271,21 @@ def _options(override: "Override") -> list[str]:
 
 
 def main() -> None:
+    """`mtlrun`: `--version`, or Hydra's command line. Output cut short by a closed pipe
+    (`mtlrun --help | head -3`) ends quietly."""
+    if "--version" in sys.argv[1:]:
+        print(f"mtlrun {__version__}")
+        return
+    try:
+        start_hydra()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a piped command
+
+
+def start_hydra() -> None:
     check_arguments(sys.argv[1:])
     if not is_secondary_process():
         train()

@@ -25,6 +25,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     eval_every_n_epochs: int = 1
     progress: str = "auto"
+    print_config: str = "changes"
     num_images: int = 8
     monitor: str = "auto"
     checkpoint_every_n_steps: int = 0
@@ -50,6 +51,7 @@ AT_LEAST = {
 # The values each string setting may take.
 CHOICES = {
     "progress": ("auto", "bar", "plain", "none"),
+    "print_config": ("changes", "full", "none"),
     "nonfinite": ("stop", "skip"),
     "strategy": STRATEGIES,
 }
