@@ -18,7 +18,7 @@ part), hands them over as one [T, P] matrix and writes the combination back.
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -60,11 +60,27 @@ class StepContext:
 
 
 class Weighting(nn.Module, ABC):
-    """Base class of loss-weighting methods."""
+    """Base class of loss-weighting methods.
+
+    Class attributes:
+        sized_on_first_step: names of buffers whose shape is only known at the first step
+            (a memory of the [T, P] task gradients); they are registered empty and take the
+            saved shape when a checkpoint is loaded.
+    """
+
+    sized_on_first_step: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
         self.task_names: list[str] = []
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        for name in self.sized_on_first_step:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                device = getattr(self, name).device
+                setattr(self, name, torch.empty_like(saved, device=device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def setup(self, task_names: list[str]) -> None:
         """Learn the run's tasks, before training; check task-specific settings here."""
@@ -143,6 +159,10 @@ class GradientWeighting(Weighting):
         # parameters: [P]); set before each `combine` for methods that need the structure.
         self.row_shape: torch.Size = torch.Size()
         self._sizes: list[int] | None = None  # numel of each shared parameter, found once
+        # The current step's losses [T], detached, while `combine` runs, for methods that set
+        # `uses_losses` (they scale the gradients by them); None otherwise.
+        self.uses_losses = False
+        self.loss_values: Tensor | None = None
         if self.solves:
             self.register_buffer("solver_failures", torch.zeros((), dtype=torch.long))
 
@@ -160,6 +180,17 @@ class GradientWeighting(Weighting):
 
     def backward(self, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
         task_losses = [losses[name] for name in self.task_names]
+        if self.uses_losses:  # averaged over processes like the gradients
+            self.loss_values = context.average(torch.stack(task_losses).detach())
+        try:
+            return self.combine_and_write(task_losses, context)
+        finally:
+            self.loss_values = None
+
+    def combine_and_write(
+        self, task_losses: list[Tensor], context: StepContext
+    ) -> dict[str, Tensor]:
+        """The per-task gradients, their combination by `combine`, written to `.grad`."""
         if self.on == "features":
             features = context.features
             grads = feature_gradients(task_losses, features)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from mtlrun.errors import UserError
-from mtlrun.weighting.base import LOSS_FLOOR, GradientWeighting, StepContext
+from mtlrun.weighting.base import LOSS_FLOOR, GradientWeighting
 from mtlrun.weighting.solvers import device_weights, host_gram, min_norm_weights
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -44,14 +44,7 @@ class MGDA(GradientWeighting):
                 f"weighting.normalize={normalize} is not one of: {', '.join(NORMALIZATIONS)}"
             )
         self.normalize = normalize
-        self.loss_values: Tensor | None = None  # the current step's losses, for "loss"
-
-    def backward(self, losses: dict[str, Tensor], context: StepContext) -> dict[str, Tensor]:
-        self.loss_values = self.loss_vector(losses).detach()
-        try:
-            return super().backward(losses, context)
-        finally:
-            self.loss_values = None
+        self.uses_losses = normalize in ("loss", "loss+")
 
     def combine(self, grads: Tensor) -> tuple[Tensor, Tensor]:
         divisors = gradient_normalizers(grads, self.loss_values, self.normalize)

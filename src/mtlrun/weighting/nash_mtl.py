@@ -4,6 +4,8 @@ Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learn
 Bargaining Game", ICML 2022.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 from torch import Tensor
 
@@ -45,10 +47,12 @@ class NashMTL(GradientWeighting):
         return weights @ grads, weights
 
 
-def nash_weights(gram: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, bool]:
+def nash_weights(
+    gram: np.ndarray, iterations: int = 50, fairness: float = 1.0
+) -> tuple[np.ndarray, bool]:
     """α ≥ 0 with α_i (K α)_i = 1 for every task with a non-zero gradient (α_i = 0 for the
     others), and whether it was found to 1e-9; if no solution exists, MGDA's weights and
-    False (see `NashMTL`)."""
+    False (see `NashMTL`). With `fairness` a ≠ 1, FairGrad's (K α)_i = α_i^(-1/a) instead."""
     count = len(gram)
     if not np.isfinite(gram).all():  # non-finite gradients: no answer, and none is made up
         return np.full(count, np.nan), False
@@ -57,7 +61,7 @@ def nash_weights(gram: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, bo
     if not active.any():  # every gradient is zero: the update is zero whatever α is
         return alpha, True
     sub = gram[np.ix_(active, active)]
-    solution, solved = bargain(sub, iterations)
+    solution, solved = bargain(sub, iterations, fairness)
     if not solved:  # no α > 0 exists: MGDA's bounded direction
         weights, _ = min_norm_weights(sub)
         alpha[active] = weights
@@ -66,39 +70,55 @@ def nash_weights(gram: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, bo
     return alpha, True
 
 
-def bargain(gram: np.ndarray, iterations: int) -> tuple[np.ndarray, bool]:
-    """Damped Newton on φ for gradients that are all non-zero: α and whether it solves
-    α_i (K α)_i = 1 to 1e-9."""
+def bargain(gram: np.ndarray, iterations: int, alpha: float = 1.0) -> tuple[np.ndarray, bool]:
+    """w > 0 with K w = w^(-1/alpha) (Nash-MTL: alpha = 1; FairGrad's α-fair allocation in
+    general), for gradients that are all non-zero, and whether it was found to 1e-9.
+
+    It is the stationary point of φ(w) = ½ wᵀKw - Σ h(w_i) with h' = w^(-1/alpha), strictly
+    convex on w > 0 (h is concave), found by damped Newton steps.
+    """
     scale = float(np.max(np.diag(gram)))
-    # Solve for K/scale, whose solution is α·sqrt(scale): the iteration then works on
-    # numbers near 1 whatever the size of the gradients.
+    # Solve for K/scale, whose solution is w·scale^(alpha/(1+alpha)): the iteration then
+    # works on numbers near 1 whatever the size of the gradients.
+    power = alpha / (1 + alpha)
     matrix = gram / scale
-    alpha = 1 / np.sqrt(np.diag(matrix))  # exact for orthogonal gradients
+    weights = np.diag(matrix) ** -power  # exact for orthogonal gradients
 
     def objective(point: np.ndarray) -> float:
-        return 0.5 * point @ matrix @ point - np.log(point).sum()
+        concave = np.log(point) if alpha == 1 else point ** (1 - 1 / alpha) / (1 - 1 / alpha)
+        return float(0.5 * point @ matrix @ point - concave.sum())
 
     for _ in range(iterations):
-        residual = alpha * (matrix @ alpha) - 1
+        residual = weights ** (1 / alpha) * (matrix @ weights) - 1
         if np.abs(residual).max() < 1e-12:
             break
-        gradient = matrix @ alpha - 1 / alpha
+        gradient = matrix @ weights - weights ** (-1 / alpha)
+        curvature = weights ** (-1 / alpha - 1) / alpha
         try:
-            step = -np.linalg.solve(matrix + np.diag(1 / alpha**2), gradient)
-        except np.linalg.LinAlgError:  # α ran off to infinity: no solution exists
+            step = -np.linalg.solve(matrix + np.diag(curvature), gradient)
+        except np.linalg.LinAlgError:  # w ran off to infinity: no solution exists
             break
-        # Backtrack to stay in α > 0 and decrease φ (Armijo) -- except close to the solution,
-        # where φ's decrease is below its rounding error and full Newton steps converge.
-        decrement = -gradient @ step
-        size, current = 1.0, objective(alpha)
-        while size > 1e-12:
-            trial = alpha + size * step
-            if (trial > 0).all() and (
-                decrement < 1e-10 or objective(trial) <= current - 1e-4 * size * decrement
-            ):
-                break
-            size /= 2
-        alpha = alpha + size * step
-    alpha = alpha / np.sqrt(scale)
-    solved = bool(np.isfinite(alpha).all() and (alpha > 0).all())
-    return alpha, bool(solved and np.abs(alpha * (gram @ alpha) - 1).max() < 1e-9)
+        weights = weights + damped(objective, weights, step, float(-gradient @ step)) * step
+    weights = weights * scale**-power
+    solved = bool(np.isfinite(weights).all() and (weights > 0).all())
+    if not solved:
+        return weights, False
+    residual = weights ** (1 / alpha) * (gram @ weights) - 1
+    return weights, bool(np.abs(residual).max() < 1e-9)
+
+
+def damped(
+    objective: Callable[[np.ndarray], float], point: np.ndarray, step: np.ndarray, decrement: float
+) -> float:
+    """The Newton step's size: backtrack to stay in w > 0 and decrease φ (Armijo) -- except
+    close to the solution, where φ's decrease is below its rounding error and full steps
+    converge."""
+    size, current = 1.0, objective(point)
+    while size > 1e-12:
+        trial = point + size * step
+        if (trial > 0).all() and (
+            decrement < 1e-10 or objective(trial) <= current - 1e-4 * size * decrement
+        ):
+            break
+        size /= 2
+    return size
