@@ -5,6 +5,7 @@ the whole run's ETA, and the plain-text log."""
 import io
 import itertools
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,10 @@ def test_the_log_file_gets_everything_as_plain_text(tmp_path: Path, seconds: Non
     console.note("a warning")
     console.summary({"val/cls/acc": 0.5}, {"val/cls/acc": Direction.MAX}, tmp_path)
     console.error("mtlrun: error: something")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with console.logging_warnings():
+            warnings.warn("careful", UserWarning, stacklevel=1)
     console.close_log()
     text = log.read_text()
     assert "\x1b[" not in text  # no colours or cursor moves
@@ -142,6 +147,7 @@ def test_the_log_file_gets_everything_as_plain_text(tmp_path: Path, seconds: Non
         "validation metrics",
         f"outputs: {tmp_path}",
         "mtlrun: error: something",
+        "UserWarning: careful",
     ):
         assert expected in text, expected
 

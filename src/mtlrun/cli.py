@@ -107,7 +107,8 @@ def train(cfg: DictConfig) -> float | None:
         fresh = main_process and is_fresh(output_dir, log_path.name)
         progress = "none" if not main_process else str(cfg.trainer.get("progress"))
         console = Console(progress, log_path if main_process else None)
-        return run_job(cfg, output_dir, console, fresh)
+        with console.logging_warnings():
+            return run_job(cfg, output_dir, console, fresh)
     except Preempted as stop:
         print(f"mtlrun: {stop}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None  # as if the signal had ended the process

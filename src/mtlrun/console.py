@@ -10,9 +10,11 @@ Everything printed also goes, as plain text, to the run's log file (`cli.log`) w
 given, so a sweep job's log can be read afterwards.
 """
 
+import contextlib
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -170,10 +172,25 @@ class Console:
         self.say(message)
 
     def error(self, line: str) -> None:
-        """The error line the CLI prints on stderr, for the log alone."""
+        """A line already shown on stderr (the error line, a warning), for the log alone."""
         if self.log is not None:
             self.log.print(Text(line), soft_wrap=True)
             self.log.file.flush()
+
+    @contextlib.contextmanager
+    def logging_warnings(self) -> Iterator[None]:
+        """Python warnings shown as usual (stderr) and also written to the log."""
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+            shown(message, category, filename, lineno, *rest)
+            self.error(warnings.formatwarning(message, category, filename, lineno).strip())
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
     def print_config(self, cfg: DictConfig) -> None:
         """The whole composed config as a tree (`trainer.print_config=full`)."""
