@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console as RichConsole
@@ -182,9 +182,16 @@ class Console:
         """Python warnings shown as usual (stderr) and also written to the log."""
         shown = warnings.showwarning
 
-        def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
-            shown(message, category, filename, lineno, *rest)
-            self.error(warnings.formatwarning(message, category, filename, lineno).strip())
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            shown(message, category, filename, lineno, file, line)
+            self.error(warnings.formatwarning(message, category, filename, lineno, line).strip())
 
         warnings.showwarning = show
         try:
