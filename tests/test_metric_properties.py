@@ -29,11 +29,12 @@ def confusion(classes: int, pairs: list[tuple[int, int]]) -> ConfusionMatrix:
 
 
 def brute_force(classes: int, pairs: list[tuple[int, int]]) -> dict[str, float]:
-    """Accuracy, mean IoU and macro-F1 straight from their definitions."""
+    """Accuracy, mean IoU, macro-F1, macro precision and recall straight from their
+    definitions; NaN when every label is ignored (nothing to score)."""
     kept = [(t, p) for t, p in pairs if t >= 0]
     if not kept:
-        return {"acc": 0.0, "miou": 0.0, "f1": 0.0}
-    ious, f1s = [], []
+        return dict.fromkeys(("acc", "miou", "f1", "precision", "recall"), math.nan)
+    ious, f1s, precisions, recalls = [], [], [], []
     for label in range(classes):
         tp = sum(t == label and p == label for t, p in kept)
         fp = sum(t != label and p == label for t, p in kept)
@@ -41,8 +42,20 @@ def brute_force(classes: int, pairs: list[tuple[int, int]]) -> dict[str, float]:
         if tp + fp + fn:
             ious.append(tp / (tp + fp + fn))
             f1s.append(2 * tp / (2 * tp + fp + fn))
+            precisions.append(tp / (tp + fp) if tp + fp else 0.0)
+            recalls.append(tp / (tp + fn) if tp + fn else 0.0)
     accuracy = sum(t == p for t, p in kept) / len(kept)
-    return {"acc": accuracy, "miou": sum(ious) / len(ious), "f1": sum(f1s) / len(f1s)}
+    return {
+        "acc": accuracy,
+        "miou": sum(ious) / len(ious),
+        "f1": sum(f1s) / len(f1s),
+        "precision": sum(precisions) / len(precisions),
+        "recall": sum(recalls) / len(recalls),
+    }
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, abs_tol=1e-12)
 
 
 @settings(max_examples=80, deadline=None)
@@ -51,11 +64,14 @@ def test_confusion_metrics_equal_their_definitions(case: tuple[int, list[tuple[i
     classes, pairs = case
     matrix = confusion(classes, pairs)
     expected = brute_force(classes, pairs)
-    assert math.isclose(matrix.accuracy(), expected["acc"], abs_tol=1e-12)
-    assert math.isclose(matrix.mean_iou(), expected["miou"], abs_tol=1e-12)
-    assert math.isclose(matrix.macro_f1(), expected["f1"], abs_tol=1e-12)
-    for value in (matrix.accuracy(), matrix.mean_iou(), matrix.macro_f1()):
-        assert 0.0 <= value <= 1.0
+    precision, recall = matrix.macro_precision_recall()
+    assert same(matrix.accuracy(), expected["acc"])
+    assert same(matrix.mean_iou(), expected["miou"])
+    assert same(matrix.macro_f1(), expected["f1"])
+    assert same(precision, expected["precision"]) and same(recall, expected["recall"])
+    for value in (matrix.accuracy(), matrix.mean_iou(), matrix.macro_f1(), precision, recall):
+        assert math.isnan(value) == (not any(t >= 0 for t, _ in pairs))
+        assert math.isnan(value) or 0.0 <= value <= 1.0
 
 
 @settings(max_examples=60, deadline=None)
@@ -86,9 +102,9 @@ def test_confusion_metrics_do_not_depend_on_class_names(
     rename = [label for label in permutation if label < classes]
     renamed = [(rename[t] if t >= 0 else t, rename[p]) for t, p in pairs]
     original, other = confusion(classes, pairs), confusion(classes, renamed)
-    assert math.isclose(original.mean_iou(), other.mean_iou(), abs_tol=1e-12)
-    assert math.isclose(original.macro_f1(), other.macro_f1(), abs_tol=1e-12)
-    assert original.accuracy() == other.accuracy()
+    assert same(original.mean_iou(), other.mean_iou())
+    assert same(original.macro_f1(), other.macro_f1())
+    assert same(original.accuracy(), other.accuracy())
 
 
 @settings(max_examples=60, deadline=None)

@@ -312,3 +312,25 @@ def test_reading_runs_imports_none_of_the_code_their_configs_name(
     markdown = (tmp_path / "runs" / "report.md").read_text()
     (line,) = [line for line in markdown.splitlines() if line.startswith("| 2 |")]
     assert line.split("|")[-2].strip() == "+2.50"
+
+
+def test_nan_metrics_are_left_out_and_named(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", {**CLS_ALONE, "val/cls/f1": float("nan")})
+    write_run(tmp_path / "1", DEPTH_ALONE)
+    write_run(tmp_path / "2", {**TOGETHER, "val/depth/abs_err": float("nan")})
+    (row,) = [row for row in build_report([tmp_path]).rows if row.label == "2"]
+    assert row.delta_m == pytest.approx((10 - 25) / 2)  # acc and rel_err are left
+    for key in ("val/cls/f1", "val/depth/abs_err"):
+        assert any(f"{key} left out of Δm: NaN" in note for note in row.notes), row.notes
+
+
+def test_a_near_zero_baseline_is_warned_about(tmp_path: Path, capsys: Any) -> None:
+    write_run(tmp_path / "0", {**CLS_ALONE, "val/cls/f1": 0.0046})
+    write_run(tmp_path / "1", DEPTH_ALONE)
+    write_run(tmp_path / "2", {**TOGETHER, "val/cls/f1": 0.0059})
+    (row,) = [row for row in build_report([tmp_path]).rows if row.label == "2"]
+    assert row.delta_m == pytest.approx((10 + 100 * 0.0013 / 0.0046 + 25 - 25) / 4)
+    (warning,) = [note for note in row.notes if note.startswith("warning:")]
+    assert "val/cls/f1 is 0.0046, near zero" in warning and "+28.26%" in warning
+    (sweep,) = [row for row in build_report([tmp_path]).rows if row.label == "0"]
+    assert not any(note.startswith("warning:") for note in sweep.notes)

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from mtlrun.players import Player, frozen
 from mtlrun.preemption import Preempted, PreemptionWatch
@@ -298,6 +297,7 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
         metrics[f"val/{name}/loss"] = loss_sum
     for logger in run.loggers:
         logger.log_scalars(metrics, step)
+    log_evaluation_pictures(run, step)
     model.train()
     for player in run.players:
         player.module.train()
@@ -311,7 +311,7 @@ def log_pictures(
     count = run.trainer.num_images
     if count <= 0:
         return
-    pictures = {"images/input": make_grid(images[:count].float().cpu(), nrow=count, padding=1)}
+    pictures: dict[str, Tensor] = {}  # each task's picture shows the inputs it is about
     for name, task in run.tasks.items():
         output = _first(outputs[name], count)
         target = _first(targets[name], count)
@@ -319,6 +319,18 @@ def log_pictures(
             pictures[f"images/{name}/{key}"] = picture
     for logger in run.loggers:
         logger.log_images(pictures, step)
+
+
+def log_evaluation_pictures(run: Run, step: int) -> None:
+    """Pictures of the whole evaluation (a confusion matrix), after its metrics."""
+    pictures = {
+        f"images/{name}/{key}": picture
+        for name, task in run.tasks.items()
+        for key, picture in task.evaluation_pictures().items()
+    }
+    if run.trainer.num_images > 0 and pictures:
+        for logger in run.loggers:
+            logger.log_images(pictures, step)
 
 
 def _first(value: Any, count: int) -> Any:

@@ -12,6 +12,7 @@ unknown and so left out of Δm.
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -41,6 +42,8 @@ IGNORED_SETTINGS = (
     "trainer.threads",
 )
 DIRECTIONS_KEY = "directions"  # metrics.json: {"val/cls/acc": "max", ...}
+# A baseline value closer to zero than this makes its term of Δm explode: the report warns.
+NEAR_ZERO = 0.01
 MARKDOWN_NAME = "report.md"
 CSV_NAME = "report.csv"
 SIGN_CONVENTION = (
@@ -286,8 +289,11 @@ def compare(run: RunRecord, baselines: list[Baseline], include_loss: bool) -> Ro
                 )
             elif not isinstance(reference, int | float) or reference == 0:
                 row.notes.append(f"{key} left out of Δm: the baseline has no non-zero value")
+            elif math.isnan(reference) or math.isnan(float(run.metrics[key])):
+                row.notes.append(f"{key} left out of Δm: NaN (an evaluation without valid targets)")
             else:
                 measured.append((float(run.metrics[key]), float(reference), direction))
+                row.notes += near_zero_note(key, float(run.metrics[key]), float(reference))
     if undeclared:
         row.notes.append(
             f"{', '.join(undeclared)} left out of Δm: directions unknown (this run's "
@@ -298,6 +304,18 @@ def compare(run: RunRecord, baselines: list[Baseline], include_loss: bool) -> Ro
     else:
         row.notes.append("no Δm: no metric could be compared")
     return row
+
+
+def near_zero_note(key: str, value: float, reference: float) -> list[str]:
+    """A warning when a baseline value is so close to zero that its relative change
+    dominates Δm (an mIoU of 0.0046 turns a small gain into +27.84%)."""
+    if abs(reference) >= NEAR_ZERO:
+        return []
+    change = 100.0 * (value - reference) / reference
+    return [
+        f"warning: the baseline's {key} is {reference:.3g}, near zero: its relative change "
+        f"({change:+.4g}%) dominates Δm; compare that metric on its own"
+    ]
 
 
 def common_overrides(runs: list[RunRecord]) -> list[str]:

@@ -6,6 +6,7 @@ epoch and every random state, so that a resumed run continues exactly. The learn
 schedule is replayed from the config rather than loaded.
 """
 
+import math
 import warnings
 from typing import Any
 
@@ -16,9 +17,10 @@ from mtlrun.tasks import Direction
 
 
 def improved(run: Run, progress: Progress) -> bool:
-    """Whether the monitored metric beat the best so far (and if so, remember it)."""
+    """Whether the monitored metric beat the best so far (and if so, remember it). A NaN
+    (an evaluation without valid targets) never does."""
     value = progress.metrics.get(run.monitor)
-    if value is None:
+    if value is None or math.isnan(value):
         return False
     better = progress.best is None or (
         value > progress.best

@@ -79,6 +79,10 @@ class Task(ABC):
         """Images for TensorBoard, each a (3, H, W) float grid in [0, 1]; none by default."""
         return {}
 
+    def evaluation_pictures(self) -> dict[str, Tensor]:
+        """Pictures of the whole evaluation (after `compute_metrics`), like `pictures`."""
+        return {}
+
     # Optional hooks. The defaults fit a plain supervised task; a generative task overrides
     # them to bring a second player, extra images for the shared trunk and its own state.
 

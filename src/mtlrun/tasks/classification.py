@@ -6,15 +6,26 @@ from torch import Tensor, nn
 from mtlrun.data import DatasetInfo
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import ConfusionMatrix
+from mtlrun.tasks.pictures import confusion_picture
+
+PER_CLASS_LIMIT = 20  # more classes: only the macro means (a table of hundreds helps nobody)
 
 
 class ClassificationTask(Task):
     """Global-average-pooled features -> MLP -> class logits; cross-entropy loss.
 
-    Metrics: `acc` (accuracy) and `f1` (macro-F1), both higher-better.
+    Metrics (all higher-better): `acc` (accuracy), `f1`, `precision` and `recall` (macro:
+    means over the classes that occur), and with at most `PER_CLASS_LIMIT` classes
+    `precision/<class>` and `recall/<class>`. Pictures: the confusion matrix of the whole
+    validation split.
     """
 
-    metric_directions = {"acc": Direction.MAX, "f1": Direction.MAX}
+    metric_directions = {
+        "acc": Direction.MAX,
+        "f1": Direction.MAX,
+        "precision": Direction.MAX,
+        "recall": Direction.MAX,
+    }
     main_metric = "acc"
 
     def __init__(
@@ -37,6 +48,17 @@ class ClassificationTask(Task):
         self.head = nn.Sequential(*layers)
         self.label_smoothing = label_smoothing
         self.confusion = ConfusionMatrix(num_classes)
+        self.class_names = info.class_names.get(target) or [str(k) for k in range(num_classes)]
+        self.per_class = num_classes <= PER_CLASS_LIMIT
+        self.metric_directions = dict(type(self).metric_directions)
+        if self.per_class:
+            self.metric_directions.update(
+                {
+                    f"{kind}/{n}": Direction.MAX
+                    for kind in ("precision", "recall")
+                    for n in self.class_names
+                }
+            )
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output.float(), target, label_smoothing=self.label_smoothing)
@@ -48,4 +70,21 @@ class ClassificationTask(Task):
         self.confusion.update(output.argmax(dim=1), target)
 
     def compute_metrics(self) -> dict[str, float]:
-        return {"acc": self.confusion.accuracy(), "f1": self.confusion.macro_f1()}
+        precision, recall = self.confusion.macro_precision_recall()
+        metrics = {
+            "acc": self.confusion.accuracy(),
+            "f1": self.confusion.macro_f1(),
+            "precision": precision,
+            "recall": recall,
+        }
+        if self.per_class:
+            per_class = self.confusion.precision_recall()
+            for kind, values in zip(("precision", "recall"), per_class, strict=True):
+                metrics.update(
+                    {f"{kind}/{n}": v for n, v in zip(self.class_names, values, strict=True)}
+                )
+        return metrics
+
+    def evaluation_pictures(self) -> dict[str, Tensor]:
+        """The confusion matrix of the whole validation split, rows normalised."""
+        return {"confusion_matrix": confusion_picture(self.confusion.matrix(), self.class_names)}

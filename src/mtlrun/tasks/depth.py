@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from mtlrun.data import DatasetInfo
 from mtlrun.models.decoders import UpsampleDecoder
 from mtlrun.tasks.base import Direction, Task
+from mtlrun.tasks.metrics import nothing_counted
 from mtlrun.tasks.pictures import colour_map, side_by_side
 
 
@@ -97,10 +98,10 @@ class DepthTask(Task):
         self.sums = sums if self.sums is None else self.sums + sums
 
     def compute_metrics(self) -> dict[str, float]:
-        if self.sums is None:
-            return {"abs_err": 0.0, "rel_err": 0.0}
-        error, relative, count = self.sums.tolist()
-        count = max(count, 1.0)
+        error, relative, count = self.sums.tolist() if self.sums is not None else [0.0] * 3
+        if count == 0:  # no valid pixel: NaN, not a perfect 0
+            nan = nothing_counted()
+            return {"abs_err": nan, "rel_err": nan}
         return {"abs_err": error / count, "rel_err": relative / count}
 
     def pictures(self, images: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:

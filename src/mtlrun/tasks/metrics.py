@@ -1,7 +1,30 @@
-"""Metric accumulators that live on the device and sync the host only when computed."""
+"""Metric accumulators that live on the device and sync the host only when computed.
+
+A metric over nothing (an evaluation whose pixels were all invalid or ignored) is NaN, not
+0.0 (which would read as a perfect score for an error), with a warning shown once.
+"""
+
+import math
+import warnings
 
 import torch
 from torch import Tensor
+
+NOTHING_COUNTED = (
+    "an evaluation had no valid targets (every pixel invalid or ignored): its metrics are "
+    "NaN rather than 0"
+)
+
+
+_warned: list[bool] = []  # whether the warning was given in this process
+
+
+def nothing_counted() -> float:
+    """NaN, with a warning the first time in a process."""
+    if not _warned:
+        _warned.append(True)
+        warnings.warn(NOTHING_COUNTED, RuntimeWarning, stacklevel=3)
+    return math.nan
 
 
 class ConfusionMatrix:
@@ -31,9 +54,15 @@ class ConfusionMatrix:
             return torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
         return self.counts.double().cpu()
 
+    def matrix(self) -> Tensor:
+        """(true class, predicted class) counts, float64 on the CPU."""
+        return self._matrix()
+
     def accuracy(self) -> float:
         matrix = self._matrix()
-        return float(matrix.diagonal().sum() / matrix.sum().clamp(min=1))
+        if matrix.sum() == 0:
+            return nothing_counted()
+        return float(matrix.diagonal().sum() / matrix.sum())
 
     def macro_f1(self) -> float:
         """Mean F1 over the classes that occur in the targets or the predictions."""
@@ -42,7 +71,30 @@ class ConfusionMatrix:
         support = matrix.sum(1) + matrix.sum(0)  # 2TP + FP + FN
         present = support > 0
         f1 = 2 * true_positive[present] / support[present]
-        return float(f1.mean()) if present.any() else 0.0
+        return float(f1.mean()) if present.any() else nothing_counted()
+
+    def precision_recall(self) -> tuple[list[float], list[float]]:
+        """Per class: precision TP / (TP + FP) and recall TP / (TP + FN); 0 where the
+        quotient is undefined (a class never predicted, or never a target), as scikit-learn's
+        `zero_division=0`."""
+        matrix = self._matrix()
+        true_positive = matrix.diagonal()
+        predicted, actual = matrix.sum(0), matrix.sum(1)
+        precision = torch.where(predicted > 0, true_positive / predicted.clamp(min=1), 0.0)
+        recall = torch.where(actual > 0, true_positive / actual.clamp(min=1), 0.0)
+        return precision.tolist(), recall.tolist()
+
+    def macro_precision_recall(self) -> tuple[float, float]:
+        """Mean precision and recall over the classes that occur in the targets or the
+        predictions (like `macro_f1`); NaN when nothing was counted."""
+        matrix = self._matrix()
+        present = ((matrix.sum(0) + matrix.sum(1)) > 0).tolist()
+        precision, recall = self.precision_recall()
+        kept = [(p, r) for p, r, keep in zip(precision, recall, present, strict=True) if keep]
+        if not kept:
+            nan = nothing_counted()
+            return nan, nan
+        return sum(p for p, _ in kept) / len(kept), sum(r for _, r in kept) / len(kept)
 
     def mean_iou(self) -> float:
         """Mean IoU over the classes that occur in the targets or the predictions."""
@@ -51,7 +103,7 @@ class ConfusionMatrix:
         union = matrix.sum(1) + matrix.sum(0) - true_positive
         present = union > 0
         iou = true_positive[present] / union[present]
-        return float(iou.mean()) if present.any() else 0.0
+        return float(iou.mean()) if present.any() else nothing_counted()
 
 
 class Mean:
@@ -71,7 +123,9 @@ class Mean:
         self.count += values.numel()
 
     def compute(self) -> float:
-        return float(self.total / self.count) if self.total is not None and self.count else 0.0
+        if self.total is None or not self.count:
+            return nothing_counted()
+        return float(self.total / self.count)
 
 
 class Histogram:
@@ -101,13 +155,13 @@ class Histogram:
 
     def quantile(self, fraction: float) -> float:
         """The value below which `fraction` of the counted values lie, interpolated
-        linearly within its bin; 0.0 when nothing was counted."""
+        linearly within its bin; NaN when nothing was counted."""
         if self.counts is None:
-            return 0.0
+            return nothing_counted()
         counts = self.counts.double().cpu()
         total = float(counts.sum())
         if total == 0:
-            return 0.0
+            return nothing_counted()
         below = torch.cumsum(counts, 0)
         wanted = fraction * total
         bin_index = int(torch.searchsorted(below, torch.tensor([wanted], dtype=torch.float64)))

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from mtlrun.data import DatasetInfo
 from mtlrun.models.decoders import UpsampleDecoder
 from mtlrun.tasks.base import Direction, Task
-from mtlrun.tasks.metrics import Histogram
+from mtlrun.tasks.metrics import Histogram, nothing_counted
 from mtlrun.tasks.pictures import side_by_side
 
 THRESHOLDS = (11.25, 22.5, 30.0)  # degrees; the within-angle metrics of the NYUv2 literature
@@ -95,7 +95,8 @@ class NormalTask(Task):
     def compute_metrics(self) -> dict[str, float]:
         values = self.sums.tolist() if self.sums is not None else [0.0] * (2 + len(THRESHOLDS))
         angle_sum, count, *within = values
-        count = max(count, 1.0)
+        if count == 0:  # no valid pixel: NaN, not a perfect 0
+            count = nothing_counted()
         return {
             "mean_angle": angle_sum / count,
             "median_angle": self.histogram.quantile(0.5),

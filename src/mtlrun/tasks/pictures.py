@@ -1,5 +1,8 @@
 """Helpers that turn predictions into images for TensorBoard."""
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.utils import make_grid
@@ -77,3 +80,145 @@ def draw_boxes(images: Tensor, boxes: list[Tensor], labels: list[Tensor], scale:
             )
         drawn.append(canvas.float() / 255)
     return torch.stack(drawn)
+
+
+# --- labels: titles, legends, colour bars and tables drawn into the pictures ---------------
+
+TILE = 96  # pictures' tiles are enlarged (nearest) to at least this many pixels, for labels
+TEXT = 11  # label font size, pixels
+
+
+def _font(size: int = TEXT) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def to_pil(picture: Tensor) -> Any:
+    """(3, H, W) in [0, 1] -> a PIL RGB image."""
+    from PIL import Image
+
+    array = (picture.float().clamp(0, 1).cpu() * 255).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), "RGB")
+
+
+def from_pil(image: Any) -> Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+
+
+def enlarged(images: Tensor, tile: int = TILE) -> Tensor:
+    """Images enlarged by the whole factor (nearest: pixels stay sharp) that makes them at
+    least `tile` pixels wide."""
+    factor = max(1, -(-tile // images.shape[-1]))
+    return images.float().cpu().repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def text_band(width: int, texts: list[str], positions: list[int], height: int = 16) -> Tensor:
+    """A white band `width` wide with each text centred on its x position."""
+    from PIL import Image, ImageDraw
+
+    band = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(band)
+    font = _font()
+    for text, x in zip(texts, positions, strict=True):
+        draw.text((x, height // 2), text, fill="black", font=font, anchor="mm")
+    return from_pil(band)
+
+
+def stack(*parts: Tensor) -> Tensor:
+    """Pictures one above the other, each padded with white to the widest."""
+    width = max(part.shape[-1] for part in parts)
+    padded = [
+        torch.nn.functional.pad(part, (0, width - part.shape[-1]), value=1.0) for part in parts
+    ]
+    return torch.cat(padded, dim=1)
+
+
+def titled_columns(titles: list[str], *columns: Tensor, footer: Tensor | None = None) -> Tensor:
+    """`side_by_side` of the enlarged columns under a row of `titles`, with an optional
+    `footer` (a legend or colour bar) below."""
+    big = [enlarged(column) for column in columns]
+    grid = side_by_side(*big)
+    step = big[0].shape[-1] + 1  # make_grid's padding of 1
+    centres = [1 + step * k + step // 2 for k in range(len(titles))]
+    parts = [text_band(grid.shape[-1], titles, centres), grid]
+    return stack(*parts, footer) if footer is not None else stack(*parts)
+
+
+def legend(names: list[str], colours: list[tuple[float, float, float]], width: int) -> Tensor:
+    """Coloured squares with their class names, wrapped into rows `width` pixels wide."""
+    from PIL import Image, ImageDraw
+
+    font, box, gap, row_height = _font(), 10, 10, 16
+    widths = [box + 4 + int(font.getlength(name)) + gap for name in names]
+    rows, x = 1, 4
+    for item in widths:
+        if x + item > width and x > 4:
+            rows, x = rows + 1, 4
+        x += item
+    image = Image.new("RGB", (width, rows * row_height + 4), "white")
+    draw = ImageDraw.Draw(image)
+    x, y = 4, 3
+    for name, colour, item in zip(names, colours, widths, strict=True):
+        if x + item > width and x > 4:
+            x, y = 4, y + row_height
+        fill = tuple(int(255 * c) for c in colour)
+        draw.rectangle((x, y + 2, x + box, y + 2 + box), fill=fill, outline="black")
+        draw.text((x + box + 4, y + 7), name, fill="black", font=font, anchor="lm")
+        x += item
+    return from_pil(image)
+
+
+def class_legend(names: list[str], width: int) -> Tensor:
+    """The legend of `colourise`'s class colours (class k has palette entry k)."""
+    colours = [tuple(_PALETTE[k % len(_PALETTE)].tolist()) for k in range(len(names))]
+    return legend(names, colours, width)
+
+
+def colour_bar(low: float, high: float, width: int, label: str) -> Tensor:
+    """`colour_map`'s ramp from `low` to `high`, with the two values and what they measure."""
+    from PIL import ImageDraw
+
+    bar_width = max(width - 140, 60)
+    ramp = torch.linspace(0, 1, bar_width)[None, None, None].expand(1, 1, 10, bar_width)
+    strip = colour_map(ramp, 0.0, 1.0)[0]
+    canvas = to_pil(torch.ones(3, 26, width))
+    canvas.paste(to_pil(strip), (70, 3))
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    draw.text((66, 8), f"{low:.3g}", fill="black", font=font, anchor="rm")
+    draw.text((74 + bar_width, 8), f"{high:.3g}", fill="black", font=font, anchor="lm")
+    draw.text((70 + bar_width // 2, 20), label, fill="black", font=font, anchor="mm")
+    return from_pil(canvas)
+
+
+def confusion_picture(matrix: Tensor, names: list[str]) -> Tensor:
+    """A confusion matrix: rows the true classes, columns the predicted ones; each cell
+    shaded by its share of its row and labelled with its count."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    count = len(names)
+    cell = max(28, min(56, 560 // max(count, 1)))
+    margin = 12 + max(int(font.getlength(name)) for name in names) if names else 20
+    top = 34
+    size = (margin + cell * count + 8, top + cell * count + 8)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    shares = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
+    for row in range(count):
+        for column in range(count):
+            share = float(shares[row, column])
+            x, y = margin + column * cell, top + row * cell
+            shade = int(255 * (1 - 0.85 * share))
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(shade, shade, 255))
+            ink = "white" if share > 0.5 else "black"
+            value = f"{int(matrix[row, column])}"
+            draw.text((x + cell // 2, y + cell // 2), value, fill=ink, font=font, anchor="mm")
+        draw.text((margin - 6, top + row * cell + cell // 2), names[row], "black", font, "rm")
+    for column in range(count):  # predicted class names above the columns
+        draw.text(
+            (margin + column * cell + cell // 2, top - 6), names[column][:6], "black", font, "ms"
+        )
+    draw.text((2, 2), "rows: true class, columns: predicted", fill="black", font=font)
+    return from_pil(image)
