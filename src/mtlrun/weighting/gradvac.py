@@ -63,9 +63,10 @@ def vaccinate(gram: Tensor, targets: Tensor, beta: float) -> Tensor:
             row = coefficients[i]
             norm_i = (row @ gram @ row).clamp_min(0).sqrt()
             cosine = float((row @ gram[:, j]) / (norm_i * norms[j]).clamp_min(tiny))
+            cosine = min(max(cosine, -1.0), 1.0)  # rounding can leave [-1, 1]
             target = float(targets[i, j])
             if cosine < target and float(norms[j]) > 0:
-                lift = target * (1 - cosine**2) ** 0.5 - cosine * (1 - target**2) ** 0.5
+                lift = target * (1 - cosine**2) ** 0.5 - cosine * max(1 - target**2, 0.0) ** 0.5
                 base = float(norms[j]) * max(1 - target**2, 0.0) ** 0.5
                 coefficients[i, j] += norm_i * lift / max(base, tiny)
             targets[i, j] = (1 - beta) * target + beta * cosine
