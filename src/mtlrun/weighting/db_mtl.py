@@ -42,7 +42,7 @@ class DBMTL(GradientWeighting):
     def setup(self, task_names: list[str]) -> None:
         super().setup(task_names)
         self.register_buffer("averages", torch.zeros(0))
-        self.register_buffer("steps", torch.zeros(()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.float64))
 
     def combine(self, grads: Tensor) -> tuple[Tensor, Tensor]:
         losses = self.loss_values

@@ -51,7 +51,7 @@ class MoCo(GradientWeighting):
         count = len(task_names)
         self.register_buffer("tracked", torch.zeros(0))
         self.register_buffer("weights", torch.full((count,), 1.0 / count))
-        self.register_buffer("steps", torch.zeros(()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.float64))
 
     def combine(self, grads: Tensor) -> tuple[Tensor, Tensor]:
         if self.tracked.shape != grads.shape:
