@@ -8,81 +8,68 @@ brighter value, and the canvas is resized to 28 x 28 (nearest neighbour, sampled
 centres as PIL does). The partner of every image is fixed by `seed`, so the dataset is the
 same in every run.
 
-MNIST is read by `torchvision.datasets.MNIST` (nothing is downloaded), from
+The IDX files are read directly (nothing is downloaded), gzipped or not, from
 
-    {root}/MNIST/raw/{train,t10k}-images-idx3-ubyte, {train,t10k}-labels-idx1-ubyte
+    {root}/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz], {train,t10k}-labels-idx1-ubyte[.gz]
+
+as `dataset=mnist` reads them (`mtlrun.data.mnist.load_split`).
 
 Targets: `left` and `right`, the two digits' classes (10 each). Images are grey, repeated
 over 3 channels.
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.datasets import MNIST
 
 from mtlrun.data.base import DatasetInfo
 from mtlrun.data.files import FileData, require_folder
+from mtlrun.data.mnist import DIGIT_SIDE, LAYOUT, SOURCE, load_split
 from mtlrun.data.transforms import JointAugmentation, Sample
-from mtlrun.errors import UserError
 
-LAYOUT = (
-    "{root}/MNIST/raw/ holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-    "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (uncompressed, as "
-    "torchvision.datasets.MNIST reads them)"
-)
-SOURCE = "the MNIST files (yann.lecun.com/exdb/mnist or any mirror; gunzip them)"
 CANVAS = 36  # side of the canvas both digits are drawn on
 SHIFT = 6  # offset of the right digit on the canvas, in pixels
 
 
 def overlay(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Two (28, 28) uint8 digits -> the (28, 28) uint8 two-digit image (see module docstring)."""
-    side = left.shape[-1]
-    canvas = torch.zeros(CANVAS, CANVAS, dtype=torch.uint8)
-    canvas[:side, :side] = left
-    window = canvas[SHIFT : SHIFT + side, SHIFT : SHIFT + side]
-    canvas[SHIFT : SHIFT + side, SHIFT : SHIFT + side] = torch.maximum(window, right)
-    return F.interpolate(canvas[None, None].float(), size=(side, side), mode="nearest-exact")[
-        0, 0
-    ].to(torch.uint8)
+    """(N, 28, 28) uint8 left and right digits -> the (N, 28, 28) uint8 two-digit images (see
+    the module docstring)."""
+    count, side = len(left), left.shape[-1]
+    canvas = torch.zeros(count, CANVAS, CANVAS, dtype=torch.uint8)
+    canvas[:, :side, :side] = left
+    window = canvas[:, SHIFT : SHIFT + side, SHIFT : SHIFT + side]
+    canvas[:, SHIFT : SHIFT + side, SHIFT : SHIFT + side] = torch.maximum(window, right)
+    resized = F.interpolate(canvas[:, None].float(), size=(side, side), mode="nearest-exact")
+    return resized[:, 0].to(torch.uint8)
 
 
 class MultiMNISTSplit(Dataset):
-    """Two-digit images of one MNIST split (`train` or `t10k`)."""
+    """Two-digit images of one MNIST split (`train` or `t10k`), drawn once when the split is
+    opened (47 MB for the 60000 training images), so loading a sample is an index."""
 
     def __init__(self, root: str, train: bool, seed: int) -> None:
-        try:
-            digits = MNIST(root, train=train, download=False)
-        except RuntimeError as error:
-            raise UserError(
-                f"MNIST not found under {root}; expected {LAYOUT}. Get {SOURCE}"
-            ) from error
-        except (AssertionError, TypeError, ValueError) as error:
-            raise UserError(
-                f"MNIST files under {root} are malformed ({error}); expected {LAYOUT}"
-            ) from error
-        self.images, self.labels = digits.data, digits.targets
-        if self.images.ndim != 3 or len(self.images) != len(self.labels):
-            raise UserError(
-                f"MNIST under {root} has {len(self.images)} images of shape "
-                f"{tuple(self.images.shape[1:])} and {len(self.labels)} labels; expected as many "
-                f"(28, 28) images as labels: {LAYOUT}"
-            )
+        images, labels = load_split(Path(root), "train" if train else "t10k")
+        digits, self.labels = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
         generator = torch.Generator().manual_seed(seed * 2 + int(train))
-        self.partners = torch.randint(len(self.images), (len(self.images),), generator=generator)
+        self.partners = torch.randint(len(digits), (len(digits),), generator=generator)
+        chunks = torch.arange(len(digits)).split(10_000)  # bounds the float canvas's memory
+        self.images = (
+            torch.cat([overlay(digits[chunk], digits[self.partners[chunk]]) for chunk in chunks])
+            if len(digits)
+            else digits
+        )
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Sample:
         partner = int(self.partners[index])
-        image = overlay(self.images[index], self.images[partner])
         return {
-            "image": tv_tensors.Image(image.expand(3, -1, -1).clone()),
+            "image": tv_tensors.Image(self.images[index].expand(3, -1, -1).clone()),
             "targets": {"left": int(self.labels[index]), "right": int(self.labels[partner])},
         }
 
@@ -126,7 +113,7 @@ class MultiMNISTData(FileData):
         digits = [str(digit) for digit in range(10)]
         info = DatasetInfo(
             name="multi_mnist",
-            image_size=tuple(train.images.shape[-2:]),
+            image_size=(DIGIT_SIDE, DIGIT_SIDE),
             targets=frozenset({"left", "right"}),
             num_classes={"left": 10, "right": 10},
             class_names={"left": digits, "right": digits},
