@@ -18,6 +18,7 @@ from mtlrun.data import DatasetInfo, DataSource
 from mtlrun.distributed import Distributed, start, synchronise_batch_norm
 from mtlrun.errors import UserError, first_line
 from mtlrun.loggers import Logger, TensorBoardLogger
+from mtlrun.models.heads import has_fixed_input_size
 from mtlrun.models.multitask import MultiTaskModel
 from mtlrun.nonfinite import NonFinitePolicy, nonfinite_policy
 from mtlrun.players import Player
@@ -224,6 +225,7 @@ def build_model(
         heads={name: task.head for name, task in tasks.items()},
         needs_task_parameters="task_parameters" in weighting.requires(),
     ).to(setting.device)
+    check_input_size(model, info, setting.device)
     check_model_fits(model, weighting, setting.trainer, str(cfg.model.get("sharing")))
     check_trunk_shared(model, tasks, str(cfg.model.get("sharing")))
     if setting.distributed.enabled:
@@ -307,6 +309,26 @@ def loggers(setting: Setting) -> list[Logger]:
         return []
     purge_step = setting.resume.content["step"] + 1 if setting.resume else None
     return [TensorBoardLogger(setting.output_dir, purge_step)]
+
+
+def check_input_size(model: MultiTaskModel, info: DatasetInfo, device: torch.device) -> None:
+    """Run one blank image of the dataset's size through a model that accepts only one input
+    size (a LeNet, a flattening head), so a mismatch is one line before training."""
+    if not has_fixed_input_size(model):
+        return
+    training = model.training
+    model.eval()  # batch norm on a single blank image would disturb its statistics
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *info.image_size, device=device))
+    except RuntimeError as error:
+        raise UserError(
+            f"the model cannot read the {info.image_size[0]}x{info.image_size[1]} images of "
+            f"dataset '{info.name}' ({first_line(error)}); check backbone.image_size and the "
+            "tasks' pool settings"
+        ) from error
+    finally:
+        model.train(training)
 
 
 def check_trunk_shared(model: MultiTaskModel, tasks: dict[str, Task], sharing: str) -> None:

@@ -1,5 +1,8 @@
-"""Write the MNIST subset the tests read: the first 1000 training and 300 test digits of
-the full MNIST files, as gzipped IDX files in tests/data/mnist/MNIST/raw/.
+"""Write the MNIST subsets the tests read, as gzipped IDX files with the original names:
+the first 1000 training and 300 test digits of the full MNIST files in
+tests/data/mnist/MNIST/raw/ (`dataset=mnist`), and the first 2500 training and 500 test
+digits in tests/data/multi_mnist/MNIST/raw/ (`dataset=multi_mnist`, which needs more digits
+to learn both positions).
 
     .venv/bin/python tests/data/make_mnist_subset.py [SOURCE_RAW_FOLDER]
 
@@ -19,8 +22,8 @@ from mtlrun.data.mnist import find_idx, read_idx
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data" / "MNIST" / "raw"
-TARGET = HERE / "mnist" / "MNIST" / "raw"
-COUNTS = {"train": 1000, "t10k": 300}
+# subset folder -> digits per split
+SUBSETS = {"mnist": {"train": 1000, "t10k": 300}, "multi_mnist": {"train": 2500, "t10k": 500}}
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -30,13 +33,15 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def main(source: Path) -> None:
-    TARGET.mkdir(parents=True, exist_ok=True)
-    for prefix, count in COUNTS.items():
-        for kind, dimensions in (("images-idx3", 3), ("labels-idx1", 1)):
-            name = f"{prefix}-{kind}-ubyte"
-            array = read_idx(find_idx(source, name), dimensions)[:count]
-            write_idx(TARGET / f"{name}.gz", array)
-            print(f"{TARGET / name}.gz: {array.shape}")
+    for subset, counts in SUBSETS.items():
+        target = HERE / subset / "MNIST" / "raw"
+        target.mkdir(parents=True, exist_ok=True)
+        for prefix, count in counts.items():
+            for kind, dimensions in (("images-idx3", 3), ("labels-idx1", 1)):
+                name = f"{prefix}-{kind}-ubyte"
+                array = read_idx(find_idx(source, name), dimensions)[:count]
+                write_idx(target / f"{name}.gz", array)
+                print(f"{target / name}.gz: {array.shape}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,15 @@ from torch import Tensor, nn
 from mtlrun.errors import UserError
 from mtlrun.models.decoders import ASPPNeck, FPNNeck, conv_bn_relu
 
-__all__ = ["Backbone", "ConvNet", "ResNet", "ResNet18", "conv_bn_relu", "feature_shape"]
+__all__ = [
+    "Backbone",
+    "ConvNet",
+    "LeNet",
+    "ResNet",
+    "ResNet18",
+    "conv_bn_relu",
+    "feature_shape",
+]
 
 
 class Backbone(nn.Module):
@@ -84,6 +92,63 @@ class ConvNet(Backbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels = in_channels
         self.stride = 2 ** (len(channels) - 1)
+
+
+class LeNet(Backbone):
+    """The shared part of the LeNet of Sener & Koltun, "Multi-Task Learning as Multi-Objective
+    Optimization", NeurIPS 2018, for MultiMNIST: conv 5x5 -> max-pool 2 -> ReLU, twice, then
+    the *flattened* map through a shared fully connected layer and ReLU.
+
+    Flattening keeps where each stroke is, which telling the left digit from the right one
+    needs. The second pooling is adaptive, to a `grid` x `grid` map: at their 28 x 28 input it
+    is their 2 x 2 pooling (8 x 8 -> 4 x 4, 320 values), and other sizes work too.
+
+    The features are the shared layer's units as a [B, features, 1, 1] map, so task heads
+    read it like any other backbone's (`cls` with `hidden: 50` is their per-task 50-unit
+    layer). The stated stride, 32, is nominal (one cell for images up to 32 px): the LeNet
+    suits image-level tasks, not dense ones.
+
+    Args:
+        channels: output channels of the two conv layers.
+        kernel_size: their kernel size.
+        grid: side of the map that is flattened.
+        features: units of the shared fully connected layer.
+    """
+
+    def __init__(
+        self,
+        channels: list[int] | tuple[int, ...] = (10, 20),
+        kernel_size: int = 5,
+        grid: int = 4,
+        features: int = 50,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 2 or min(*channels, kernel_size, grid, features) < 1:
+            raise UserError(
+                "backbone.channels must be two positive ints, and backbone.kernel_size, grid "
+                f"and features positive; got {list(channels)}, {kernel_size}, {grid}, {features}"
+            )
+        first, second = channels
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(3, first, kernel_size), nn.MaxPool2d(2), nn.ReLU(inplace=True)
+                ),
+                nn.Sequential(
+                    nn.Conv2d(first, second, kernel_size),
+                    nn.AdaptiveMaxPool2d(grid),
+                    nn.ReLU(inplace=True),
+                ),
+                nn.Sequential(
+                    nn.Flatten(),
+                    nn.Linear(second * grid * grid, features),
+                    nn.ReLU(inplace=True),
+                    nn.Unflatten(1, (features, 1, 1)),
+                ),
+            ]
+        )
+        self.out_channels = features
+        self.stride = 32
 
 
 RESNET_BUILDERS = {

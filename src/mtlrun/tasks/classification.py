@@ -1,9 +1,10 @@
-"""`cls`: image classification from pooled shared features."""
+"""`cls`: image classification from pooled or flattened shared features."""
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlrun.data import DatasetInfo
+from mtlrun.models.heads import class_head_input
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import ConfusionMatrix
 from mtlrun.tasks.pictures import confusion_picture
@@ -12,7 +13,11 @@ PER_CLASS_LIMIT = 20  # more classes: only the macro means (a table of hundreds 
 
 
 class ClassificationTask(Task):
-    """Global-average-pooled features -> MLP -> class logits; cross-entropy loss.
+    """Global-average-pooled (`pool: avg`) or flattened (`pool: flatten`) features -> MLP ->
+    class logits; cross-entropy loss.
+
+    `flatten` keeps where things are (e.g. which digit is on the left), at the price of one
+    input size: the head is sized for the dataset's image size, checked before training.
 
     Metrics (all higher-better): `acc` (accuracy), `f1`, `precision` and `recall` (macro:
     means over the classes that occur), and with at most `PER_CLASS_LIMIT` classes
@@ -38,13 +43,14 @@ class ClassificationTask(Task):
         hidden: int = 128,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        pool: str = "avg",
     ) -> None:
         super().__init__(name, target, info)
         num_classes = self.num_classes()
-        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers, width = class_head_input(name, pool, info, in_channels, stride)
         if hidden > 0:
-            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-        layers.append(nn.Linear(hidden if hidden > 0 else in_channels, num_classes))
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers.append(nn.Linear(hidden if hidden > 0 else width, num_classes))
         self.head = nn.Sequential(*layers)
         self.label_smoothing = label_smoothing
         self.confusion = ConfusionMatrix(num_classes)
