@@ -32,6 +32,7 @@ from mtlrun.weighting.aligned_mtl import AlignedMTL
 from mtlrun.weighting.base import GradientWeighting, StepContext
 from mtlrun.weighting.cagrad import CAGrad
 from mtlrun.weighting.config import ConFIG
+from mtlrun.weighting.cr_mogm import CRMOGM
 from mtlrun.weighting.dualproj import DualProj
 from mtlrun.weighting.excess_mtl import ExcessMTL
 from mtlrun.weighting.fairgrad import FairGrad
@@ -42,6 +43,8 @@ from mtlrun.weighting.imtl import IMTLG
 from mtlrun.weighting.mgda import MGDA
 from mtlrun.weighting.nash_mtl import NashMTL
 from mtlrun.weighting.pcgrad import PCGrad
+from mtlrun.weighting.rgw import RandomGradientWeighting
+from mtlrun.weighting.robust import Krum, TrimmedMean
 from mtlrun.weighting.upgrad import UPGrad
 from mtlrun.weighting.uw import UncertaintyWeighting
 
@@ -72,7 +75,7 @@ def ours(cls: type[GradientWeighting], grads: Tensor, **kwargs: object) -> Tenso
     method = cls(**kwargs)
     method.setup([f"t{index}" for index in range(len(grads))])
     combined, weights = method.combine(grads)
-    if cls is not GradDrop:  # the others are linear in the gradients
+    if cls not in (GradDrop, TrimmedMean):  # the others are linear in the gradients
         torch.testing.assert_close(weights.to(grads) @ grads, combined)
     return combined
 
@@ -196,6 +199,25 @@ def test_excess_mtl_matches_torchjd_over_steps(tasks: int) -> None:
         assert_same(combined / tasks, theirs(grads), grads)
 
 
+@pytest.mark.parametrize("tasks", [3, 5])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_robust_aggregations_match_torchjd(name: str, tasks: int) -> None:
+    grads = family(name, tasks)
+    assert_same(ours(Krum, grads), tj.Krum(n_byzantine=0)(grads), grads)
+    assert_same(ours(Krum, grads, selected=2), tj.Krum(n_byzantine=0, n_selected=2)(grads), grads)
+    assert_same(ours(TrimmedMean, grads, trim=1), tj.TrimmedMean(trim_number=1)(grads), grads)
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+def test_random_gradient_weighting_matches_torchjds_random(tasks: int) -> None:
+    # Both draw softmax(randn(T)) in the gradients' dtype (float32 here).
+    grads = family("random", tasks).float()
+    torch.manual_seed(9)
+    mine = ours(RandomGradientWeighting, grads)
+    torch.manual_seed(9)
+    assert_same(mine.double(), tj.Random()(grads).double(), grads.double())
+
+
 # --- definitions that differ: what each shares, and why --------------------------------------
 
 
@@ -211,6 +233,19 @@ def test_mgda_reaches_torchjds_min_norm_or_better(name: str, tasks: int) -> None
     scale = float(grads.norm(dim=1).max() ** 2)
     assert float(mine @ mine) <= float(theirs @ theirs) + 1e-12 * scale
     assert_same(mine, theirs, grads, tolerance=1e-2)
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+def test_cr_mogm_smooths_like_torchjd(tasks: int) -> None:
+    # The same moving average of the min-norm weights (first step: the weights themselves);
+    # TorchJD's inner MGDA is Frank-Wolfe, hence MGDA's tolerance.
+    method = CRMOGM(alpha=0.9)
+    method.setup([f"t{index}" for index in range(tasks)])
+    theirs = tj.CRMOGMWeighting(tj.MGDAWeighting(epsilon=1e-12, max_iters=20_000), alpha=0.9)
+    for step in range(4):
+        grads = family("random", tasks, seed=step)
+        combined, _ = method.combine(grads)
+        assert_same(combined, theirs(grads @ grads.T) @ grads, grads, tolerance=1e-2)
 
 
 @pytest.mark.parametrize("tasks", TASKS)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from mtlrun.errors import UserError
 from mtlrun.weighting import StepContext, Weighting
 from mtlrun.weighting.base import GradientWeighting
 from mtlrun.weighting.config import ConFIG
+from mtlrun.weighting.cr_mogm import CRMOGM
 from mtlrun.weighting.db_mtl import DBMTL
 from mtlrun.weighting.dualproj import DualProj
 from mtlrun.weighting.excess_mtl import ExcessMTL
@@ -16,8 +18,11 @@ from mtlrun.weighting.fairgrad import FairGrad
 from mtlrun.weighting.gls import GeometricLoss
 from mtlrun.weighting.gradvac import GradVac
 from mtlrun.weighting.imtl_l import IMTLL
+from mtlrun.weighting.mean import Mean
 from mtlrun.weighting.moco import MoCo, simplex_projection
 from mtlrun.weighting.nash_mtl import NashMTL
+from mtlrun.weighting.rgw import RandomGradientWeighting
+from mtlrun.weighting.robust import Krum, TrimmedMean
 from mtlrun.weighting.solvers import min_norm_weights
 from mtlrun.weighting.stch import STCH
 from mtlrun.weighting.upgrad import UPGrad
@@ -295,3 +300,58 @@ def test_excess_mtl_raises_the_weight_of_the_task_whose_excess_grows() -> None:
     grown = torch.exp(0.5 * ratios)
     torch.testing.assert_close(weights, 2 * grown / grown.sum())
     assert float(weights[0]) > 1 > float(weights[1])
+
+
+# --- Krum, trimmed mean, CR-MOGM, mean, RGW ------------------------------------------------------
+
+
+def test_krum_leaves_the_outlying_task_out() -> None:
+    grads = torch.tensor([[1.0, 0.0], [1.1, 0.1], [0.9, -0.1], [-50.0, 40.0]], dtype=torch.float64)
+    combined, weights = combine(Krum, grads, byzantine=1)
+    assert float(weights[3]) == 0.0 and float(weights.sum()) == 1.0
+    combined, weights = combine(Krum, grads, byzantine=1, selected=3)
+    torch.testing.assert_close(combined, grads[:3].mean(0))
+
+
+def test_krum_and_trimmed_mean_refuse_too_few_tasks() -> None:
+    with pytest.raises(UserError, match="krum"):
+        make(Krum, 3, byzantine=1)
+    with pytest.raises(UserError, match="trimmed_mean"):
+        make(TrimmedMean, 2, trim=1)
+
+
+def test_trimmed_mean_of_three_is_the_coordinate_median() -> None:
+    grads = family("spread", 3, size=50)
+    combined, weights = combine(TrimmedMean, grads, trim=1)
+    torch.testing.assert_close(combined, grads.median(dim=0).values)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_cr_mogm_averages_mgda_weights_over_the_steps() -> None:
+    method = make(CRMOGM, 3, alpha=0.75)
+    assert isinstance(method, CRMOGM)
+    expected = None
+    for step in range(3):
+        grads = family("random", 3, seed=step)
+        _, weights = method.combine(grads)
+        fresh = torch.from_numpy(min_norm_weights((grads @ grads.T).numpy())[0])
+        expected = fresh if expected is None else 0.75 * expected + 0.25 * fresh
+        torch.testing.assert_close(weights, expected)
+
+
+def test_mean_is_the_sum_over_t() -> None:
+    gradient, weights = loss_step(make(Mean, 4), [1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(gradient, torch.full((4,), 0.25, dtype=torch.float64))
+    assert all(float(value) == 0.25 for value in weights.values())
+
+
+def test_rgw_weights_are_a_fresh_softmax_of_normal_draws() -> None:
+    grads = family("random", 3)
+    torch.manual_seed(0)
+    expected = torch.softmax(torch.randn(3), 0).double()
+    torch.manual_seed(0)
+    combined, weights = combine(RandomGradientWeighting, grads)
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(combined, expected @ grads)
+    _, again = combine(RandomGradientWeighting, grads)
+    assert not torch.equal(again, weights)

@@ -42,7 +42,7 @@ class CAGrad(GradientWeighting):
 
     Args:
         c: radius of the ball relative to ||g0|| (0 gives the average gradient; the paper
-            uses 0.4 for its vision benchmarks).
+            uses 0.4 for its vision benchmarks, LibMTL's default is 0.5 with rescale).
         rescale: divide d by 1 + c², as the authors' code (and LibMTL) does, so its size
             stays close to that of g0 (the paper's algorithm does not).
     """

@@ -22,6 +22,8 @@ class FAMO(Weighting):
     each backward first updates ξ with (previous step's losses, this step's losses) and then
     weights this step; the two losses come from consecutive batches rather than one batch
     twice, which spares an extra forward pass. The first step only records its losses.
+    (A deliberate difference: the authors' code and LibMTL run that second forward pass on
+    the same batch after the optimizer step, at the cost of one forward per step.)
 
     ξ, Adam's moments and the previous losses are buffers: a resumed run continues exactly.
 

@@ -32,6 +32,9 @@ class GradNorm(Weighting):
     one head at a time, and carried down to W; the backbone is backpropagated once, so a
     step costs about as much as a plain sum.
 
+    L_i(0) is the loss at the first step, as in the paper. (A deliberate difference:
+    LibMTL trains the first epoch with w = 1 and takes the epoch's mean losses as L_i(0).)
+
     Args:
         alpha: the asymmetry α (larger pulls the tasks' training rates together harder).
         lr: the weights' learning rate.

@@ -19,7 +19,8 @@ class UncertaintyWeighting(Weighting):
     The s_t are parameters: they join the run's optimizer.
 
     Args:
-        init: initial log-variance of every task (0: weight ½).
+        init: initial log-variance of every task (0: weight ½; LibMTL starts at -0.5,
+            weight ½e^0.5 ≈ 0.82: set init=-0.5 to compare with it).
     """
 
     def __init__(self, init: float = 0.0) -> None:
