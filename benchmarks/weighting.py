@@ -10,13 +10,24 @@ less. Peak memory: on CUDA the peak allocated during two steps, in this process;
 growth of the peak resident set (VmHWM, i.e. ru_maxrss of the process
 itself) over two steps, each method in a fresh subprocess for the tasks of `--memory-tasks`.
 
+Peers, side by side in the same rounds: every method TorchJD (`torchjd`) or LibMTL shares
+with mtlrun, run on the same model, batches and threads by a stand-in weighting that does
+what those libraries do in a step -- TorchJD: `autojac.mtl_backward` (the Jacobian of the
+losses on the shared parameters, by vmap) then `jac_to_grad` with the aggregator; LibMTL
+1.1.5: its weighting's own `backward` (one backward pass per task, flattened in float32),
+mixed into the model as LibMTL does. Their rows are "torchjd:<name>" / "libmtl:<name>";
+the table's peer columns give each peer's step time over mtlrun's (> 1: mtlrun faster).
+Methods whose mtlrun default works on the shared features (imtl, graddrop) are compared
+with their `weighting.on=parameters` variant, where the peers work.
+
 Writes benchmarks/results/weighting-<machine>-<date>.json (or into --out) and prints a
 Markdown table. Goals: loss-based methods within 1.1x of `sum`, gradient-based within
-(T+1)x, MGDA-UB within 1.3x.
+(T+1)x, MGDA-UB within 1.3x; mtlrun at least as fast as each peer.
 
 Usage:
     python benchmarks/weighting.py [--quick] [--device auto|cpu|cuda] [--out DIR]
         [--tasks 2,3,5] [--rounds N] [--batch-size N] [--image-size N] [--threads N]
+        [--no-peers]
 """
 
 import argparse
@@ -45,7 +56,7 @@ from omegaconf import OmegaConf
 from mtlrun.build import build
 from mtlrun.cli import config_dir
 from mtlrun.engine import Run
-from mtlrun.weighting import StepContext
+from mtlrun.weighting import StepContext, Weighting
 from mtlrun.weighting.base import GradientWeighting
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -81,6 +92,7 @@ class Settings:
     batch_size: int
     image_size: int
     threads: int
+    peers: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,9 @@ def methods() -> list[Method]:
     names.remove("sum")
     found = [Method(name, (f"weighting={name}",)) for name in ["sum", *names]]
     found.append(Method("mgda-ub", ("weighting=mgda", "weighting.on=features")))
+    # The side of the peers (TorchJD, LibMTL), for the comparison.
+    found.append(Method("imtl-parameters", ("weighting=imtl", "weighting.on=parameters")))
+    found.append(Method("graddrop-parameters", ("weighting=graddrop", "weighting.on=parameters")))
     return found
 
 
@@ -148,11 +163,150 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# --- peers: TorchJD and LibMTL doing the same method's step --------------------------------------
+
+
+class TorchJDStep(Weighting):
+    """TorchJD's step: `mtl_backward` (heads get their own gradient, the shared parameters
+    the Jacobian) then `jac_to_grad` with `aggregator`."""
+
+    def __init__(self, aggregator: Any) -> None:
+        super().__init__()
+        self.aggregator = aggregator
+
+    def backward(self, losses: dict[str, torch.Tensor], context: StepContext) -> dict[str, Any]:
+        from torchjd.autojac import jac_to_grad, mtl_backward
+
+        shared = context.shared_parameters
+        mtl_backward([losses[name] for name in self.task_names], features=context.features,
+                     shared_params=shared)  # fmt: skip
+        jac_to_grad(shared, self.aggregator)
+        return {}
+
+
+class LibMTLStep(Weighting):
+    """LibMTL 1.1.5's step: its weighting's `backward`, mixed into an object that gives it
+    the model's shared parameters (LibMTL mixes it into the model itself)."""
+
+    def __init__(self, name: str, kwargs: dict[str, Any], vector: bool = False) -> None:
+        super().__init__()
+        self.peer_name, self.kwargs, self.vector = name, kwargs, vector
+        self.peer: Any = None
+
+    def bind(self, shared: list[torch.nn.Parameter], device: torch.device) -> None:
+        base = getattr(libmtl_weighting(), self.peer_name)
+
+        class Harness(base):  # type: ignore[misc, valid-type]
+            def get_share_params(self) -> list[torch.nn.Parameter]:
+                return shared
+
+            def zero_grad_share_params(self) -> None:
+                for parameter in shared:
+                    parameter.grad = torch.zeros_like(parameter)
+
+            def _grad2vec(self) -> torch.Tensor:
+                # LibMTL flattens with .view(-1), which channels-last gradients refuse.
+                for parameter in shared:
+                    if parameter.grad is not None:
+                        parameter.grad = parameter.grad.contiguous()
+                return super()._grad2vec()
+
+        self.peer = Harness()
+        self.peer.task_num, self.peer.device, self.peer.rep_grad = (
+            len(self.task_names),
+            device,
+            False,
+        )
+        self.peer.task_name, self.peer.epoch = self.task_names, 1
+        self.peer.train_loss_buffer = torch.ones(len(self.task_names), 1)
+        self.peer.init_param()
+
+    def backward(self, losses: dict[str, torch.Tensor], context: StepContext) -> dict[str, Any]:
+        if self.peer is None:
+            self.bind(context.shared_parameters, context.features.device)
+        ordered = [losses[name] for name in self.task_names]
+        self.peer.backward(torch.stack(ordered) if self.vector else ordered, **self.kwargs)
+        return {}
+
+
+def libmtl_weighting() -> Any:
+    """LibMTL.weighting without the package's __init__ (broken with torchvision >= 0.13, see
+    tests/test_weighting_crosscheck.py)."""
+    import importlib
+    import importlib.util
+    import types
+
+    if "LibMTL" not in sys.modules:
+        spec = importlib.util.find_spec("LibMTL")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("LibMTL is not installed")
+        package = types.ModuleType("LibMTL")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["LibMTL"] = package
+    return importlib.import_module("LibMTL.weighting")
+
+
+def torchjd_peers(tasks: int) -> dict[str, Any]:
+    """mtlrun option (or variant label) -> TorchJD aggregator of the same method."""
+    from torchjd import aggregation as tj
+
+    peers = {
+        "sum": tj.Sum(), "mean": tj.Mean(), "mgda": tj.MGDA(), "pcgrad": tj.PCGrad(),
+        "cagrad": tj.CAGrad(c=0.4), "imtl-parameters": tj.IMTLG(),
+        "nash_mtl": tj.NashMTL(n_tasks=tasks), "aligned_mtl": tj.AlignedMTL(),
+        "graddrop-parameters": tj.GradDrop(), "upgrad": tj.UPGrad(), "dualproj": tj.DualProj(),
+        "config": tj.ConFIG(), "gradvac": tj.GradVac(), "fairgrad": tj.FairGrad(alpha=1.0),
+        "excess_mtl": tj.ExcessMTL(), "krum": tj.Krum(n_byzantine=0), "rgw": tj.Random(),
+    }  # fmt: skip
+    if tasks >= 3:
+        peers["trimmed_mean"] = tj.TrimmedMean(trim_number=1)
+    return peers
+
+
+def libmtl_peers(tasks: int) -> dict[str, LibMTLStep]:
+    """mtlrun option -> LibMTL 1.1.5 weighting of the same method (its CAGrad: T = 3 only)."""
+    peers = {
+        "sum": LibMTLStep("EW", {}, vector=True), "mgda": LibMTLStep("MGDA", {"mgda_gn": "none"}),
+        "pcgrad": LibMTLStep("PCGrad", {}), "gradvac": LibMTLStep("GradVac", {"beta": 0.5}),
+        "imtl-parameters": LibMTLStep("IMTL", {}, vector=True),
+        "gls": LibMTLStep("GLS", {}, vector=True), "uw": LibMTLStep("UW", {}, vector=True),
+        "rlw": LibMTLStep("RLW", {"dist": "Normal"}, vector=True),
+    }  # fmt: skip
+    if tasks == 3:
+        peers["cagrad"] = LibMTLStep("CAGrad", {"calpha": 0.4, "rescale": 0})
+    return peers
+
+
+def peer_runs(tasks: int, settings: Settings, folder: Path) -> dict[str, Run]:
+    """One run per peer (built as `sum`, its weighting replaced by the peer's step)."""
+    found: dict[str, Weighting] = {}
+    try:
+        found.update({f"torchjd:{k}": TorchJDStep(v) for k, v in torchjd_peers(tasks).items()})
+    except ImportError as error:
+        print(f"[weighting] no TorchJD peers: {error}", file=sys.stderr)
+    try:
+        libmtl_weighting()
+        found.update({f"libmtl:{k}": v for k, v in libmtl_peers(tasks).items()})
+    except ImportError as error:
+        print(f"[weighting] no LibMTL peers: {error}", file=sys.stderr)
+    runs = {}
+    for label, weighting in found.items():
+        run = build_run(
+            Method(label.replace(":", "-"), ("weighting=sum",)), tasks, settings, folder
+        )
+        weighting.setup(list(run.tasks))
+        run.weighting = weighting.to(run.device)
+        runs[label] = run
+    return runs
+
+
 def time_methods(
     tasks: int, settings: Settings, folder: Path
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median step time (s) and, on CUDA, peak memory (MB) per method label."""
+    """Median step time (s) and, on CUDA, peak memory (MB) per method (and peer) label."""
     runs = {method.label: build_run(method, tasks, settings, folder) for method in methods()}
+    if settings.peers:
+        runs.update(peer_runs(tasks, settings, folder))
     first = next(iter(runs.values()))
     batches = [batch for _, batch in zip(range(4), first.data.train_batches(0), strict=False)]
     memory: dict[str, float] = {}
@@ -262,7 +416,9 @@ def machine_name(device: torch.device) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], settings: Settings) -> str:
-    header = ["method", "goal"] + [f"T={tasks}: time vs sum" for tasks in settings.tasks]
+    header = ["method", "goal"]
+    for tasks in settings.tasks:
+        header += [f"T={tasks}: time vs sum", f"T={tasks}: peer time / mtlrun time"]
     header += [f"T={settings.memory_tasks}: peak memory vs sum"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in dict.fromkeys(row["method"] for row in rows):
@@ -274,6 +430,13 @@ def markdown(rows: list[dict[str, Any]], settings: Settings) -> str:
             row = mine[tasks]
             mark = "" if row["time_ratio"] <= row["goal"] else " **over goal**"
             cells.append(f"{row['time_ratio']:.2f}x ({row['step_ms']:.0f} ms){mark}")
+            peers = [
+                f"{name} {row[key + '_ratio']:.2f}x"
+                + ("" if row[key + "_ratio"] >= 1 else " **slower**")
+                for key, name in (("torchjd", "TorchJD"), ("libmtl", "LibMTL"))
+                if key + "_ratio" in row
+            ]
+            cells.append(", ".join(peers) or "-")
         row = mine.get(settings.memory_tasks, {})
         ratio, growth = row.get("memory_ratio"), row.get("memory_mb")
         cells.append("-" if ratio is None else f"{ratio:.2f}x ({growth:.0f} MB)")
@@ -297,6 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="torch CPU threads (1: steadier timings on a shared machine)",
     )
+    parser.add_argument("--no-peers", action="store_true", help="leave out TorchJD and LibMTL")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -320,6 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         image_size=args.image_size,
         threads=args.threads,
+        peers=not args.no_peers,
     )
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -341,6 +506,11 @@ def main(argv: list[str] | None = None) -> None:
                 if method.label in memory:
                     row["memory_mb"] = memory[method.label]
                     row["memory_ratio"] = memory[method.label] / max(memory["sum"], 1e-9)
+                for peer in ("torchjd", "libmtl"):  # > 1: mtlrun's step is faster
+                    theirs = step_times.get(f"{peer}:{method.label}")
+                    if theirs is not None:
+                        row[f"{peer}_ms"] = 1000 * theirs
+                        row[f"{peer}_ratio"] = theirs / step_times[method.label]
                 rows.append(row)
     table = markdown(rows, settings)
     notes = (
