@@ -43,6 +43,8 @@ VARIANTS = [(name, {}) for name in METHODS] + [
     ("aligned_mtl", {"on": "features"}),
     ("imtl", {"on": "parameters"}),
     ("graddrop", {"on": "parameters"}),
+    ("mgda", {"normalize": "l2"}),
+    ("mgda", {"normalize": "loss+"}),
 ]
 VARIANT_IDS = [name + "".join(f"-{value}" for value in over.values()) for name, over in VARIANTS]
 FAST = settings(max_examples=40, deadline=None)

@@ -84,16 +84,18 @@ def cagrad_coefficients(gram: np.ndarray, c: float) -> tuple[np.ndarray, bool]:
     towards_mean = gram.sum(axis=1) / count  # [g_i · g0]
     radius = c * np.sqrt(gram.sum()) / count
     norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
-    # ⟨g_i, d⟩ ≤ ⟨g_i, g0⟩ + r||g_i|| in the ball, so the optimum lies in [low, high].
-    low, high = float(towards_mean.min()), float((towards_mean + radius * norms).min())
+    # ⟨g_i, d⟩ ≤ ⟨g_i, g0⟩ + r||g_i|| in the ball, and F at any point of the simplex bounds
+    # the optimum from above; F at the hull's minimum-norm point is 0 when 0 is in the hull
+    # (then no level above 0 is reachable and the bound is tight).
+    low = float(towards_mean.min())
+    high = float((towards_mean + radius * norms).min())
+    high = min(high, cagrad_dual_value(gram, min_norm_weights(gram)[0], c))
     multipliers = best_level(gram, radius, low, high)
-    # Upper bounds of the optimum: `high`, and F at any point of the simplex; the normalised
-    # multipliers give a tight one where d is on the sphere, the hull's minimum-norm point
-    # (F = 0 if it is 0) where it is not.
-    candidates = [min_norm_weights(gram)[0]]
+    # Where d is on the sphere, the normalised multipliers are the dual's optimum: a tight
+    # bound for the certificate.
+    bound = high
     if multipliers.sum() > 0:
-        candidates.append(multipliers / multipliers.sum())
-    bound = min([high, *(cagrad_dual_value(gram, w, c) for w in candidates)])
+        bound = min(bound, cagrad_dual_value(gram, multipliers / multipliers.sum(), c))
     coefficients = uniform + multipliers
     return coefficients, is_primal_optimal(gram, coefficients, bound, c)
 
@@ -118,8 +120,9 @@ def best_level(
         return step, np.sqrt(max(float(step @ gram @ step), 0.0)) - radius
 
     best, at_low = np.zeros(len(gram)), -radius
+    high = max(low, high - ROUNDING * scale)
     step, at_high = excess(high)
-    if at_high <= 0:  # the upper bound is reached: optimal
+    if at_high <= 0:  # the upper bound is reached (to rounding): optimal
         return step
     side = 0
     for _ in range(iterations):
