@@ -16,6 +16,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
 
 POOLS = ("avg", "flatten")
+LANDMARK_POOLS = ("softargmax", "flatten", "avg")
 
 
 def feature_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
@@ -88,6 +89,29 @@ def class_head_input(
         f"use tasks.{task}.pool=avg, or a backbone whose features are the image size / stride",
     )
     return [flatten], in_channels * height * width
+
+
+def landmark_head(
+    task: str, pool: str, info: DatasetInfo, in_channels: int, stride: int, hidden: int, points: int
+) -> nn.Sequential:
+    """A head mapping features to [B, points, 2] (x, y) fractions of the image's width and
+    height: `softargmax` (a heatmap per point, any input size), `flatten` (every cell into an
+    MLP, one input size) or `avg` (pooled features into an MLP, which cannot localise)."""
+    if pool not in LANDMARK_POOLS:
+        raise UserError(
+            f"tasks.{task}.pool={pool} is unknown; choose from: {', '.join(LANDMARK_POOLS)}"
+        )
+    if pool == "softargmax":
+        layers: list[nn.Module] = []
+        if hidden > 0:
+            layers += [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(hidden if hidden > 0 else in_channels, points, 1), SoftArgmax()]
+        return nn.Sequential(*layers)
+    layers, width = class_head_input(task, pool, info, in_channels, stride)
+    if hidden > 0:
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+    layers += [nn.Linear(hidden if hidden > 0 else width, 2 * points), nn.Unflatten(1, (points, 2))]
+    return nn.Sequential(*layers)
 
 
 def has_fixed_input_size(model: nn.Module) -> bool:

@@ -2,16 +2,20 @@
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
+from mtlrun.models.heads import landmark_head
 from mtlrun.tasks.base import Direction, Task
 
 
 class LandmarksTask(Task):
-    """Pooled features -> MLP -> (x, y) of each of K points, as fractions of the image's
-    width and height; L1 loss on those fractions.
+    """Features -> (x, y) of each of K points, as fractions of the image's width and height;
+    L1 loss on those fractions. The head (`pool`) is `softargmax` (a heatmap per point, its
+    expected position: localises at any input size), `flatten` (every feature cell into an
+    MLP: localises, one input size) or `avg` (pooled features into an MLP: knows what, not
+    where, so it learns little more than the mean position).
 
     The target is FloatTensor[B, K, 2] of (x, y) pixels; the point names come from the
     dataset (`info.class_names[target]`). Metrics (lower-better): `nme`, the mean distance
@@ -21,7 +25,8 @@ class LandmarksTask(Task):
     over images; and `error_px`, the mean distance in pixels.
 
     Args:
-        hidden: width of the hidden layer; 0 = a single linear layer.
+        hidden: width of the hidden layer (a 3x3 conv for softargmax); 0 = none.
+        pool: softargmax | flatten | avg (see above).
         normalise_by: indices of the two points whose distance normalises `nme`.
     """
 
@@ -37,6 +42,7 @@ class LandmarksTask(Task):
         target: str = "landmarks",
         hidden: int = 128,
         normalise_by: tuple[int, int] | list[int] = (0, 1),
+        pool: str = "softargmax",
     ) -> None:
         super().__init__(name, target, info)
         points = list(info.class_names.get(target) or [])
@@ -54,14 +60,7 @@ class LandmarksTask(Task):
         self.normalise_by = list(normalise_by)
         height, width = info.image_size
         self.scale = torch.tensor([float(width), float(height)])
-        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        if hidden > 0:
-            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True)]
-        layers += [
-            nn.Linear(hidden if hidden > 0 else in_channels, 2 * len(points)),
-            nn.Unflatten(1, (len(points), 2)),
-        ]
-        self.head = nn.Sequential(*layers)
+        self.head = landmark_head(name, pool, info, in_channels, stride, hidden, len(points))
         self.reset_metrics()
 
     def _pixels(self, output: Tensor) -> Tensor:
