@@ -42,6 +42,7 @@ from mtlrun.weighting.gradvac import GradVac
 from mtlrun.weighting.imtl import IMTLG
 from mtlrun.weighting.mgda import MGDA
 from mtlrun.weighting.nash_mtl import NashMTL
+from mtlrun.weighting.pcd import PCD
 from mtlrun.weighting.pcgrad import PCGrad
 from mtlrun.weighting.rgw import RandomGradientWeighting
 from mtlrun.weighting.robust import Krum, TrimmedMean
@@ -216,6 +217,19 @@ def test_random_gradient_weighting_matches_torchjds_random(tasks: int) -> None:
     mine = ours(RandomGradientWeighting, grads)
     torch.manual_seed(9)
     assert_same(mine.double(), tj.Random()(grads).double(), grads.double())
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pcd_matches_torchjd_over_steps(name: str, tasks: int) -> None:
+    # Stateful (the squared norms' moving average); the first task is the primary one.
+    method = PCD(tau=0.3, beta=0.9)
+    method.setup([f"t{index}" for index in range(tasks)])
+    theirs = tj.PCD(tau=0.3, beta=0.9)
+    for step in range(4):
+        grads = family(name, tasks, seed=step)
+        combined, _ = method.combine(grads)
+        assert_same(combined, theirs(grads), grads)
 
 
 # --- definitions that differ: what each shares, and why --------------------------------------

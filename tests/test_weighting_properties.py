@@ -21,6 +21,7 @@ from mtlrun.weighting.imtl_l import IMTLL
 from mtlrun.weighting.mean import Mean
 from mtlrun.weighting.moco import MoCo, simplex_projection
 from mtlrun.weighting.nash_mtl import NashMTL
+from mtlrun.weighting.pcd import PCD
 from mtlrun.weighting.rgw import RandomGradientWeighting
 from mtlrun.weighting.robust import Krum, TrimmedMean
 from mtlrun.weighting.solvers import min_norm_weights
@@ -355,3 +356,34 @@ def test_rgw_weights_are_a_fresh_softmax_of_normal_draws() -> None:
     torch.testing.assert_close(combined, expected @ grads)
     _, again = combine(RandomGradientWeighting, grads)
     assert not torch.equal(again, weights)
+
+
+# --- PCD -----------------------------------------------------------------------------------------
+
+
+def test_pcd_is_the_constrained_projection_found_by_clarabel() -> None:
+    cp = pytest.importorskip("cvxpy")
+    grads = family("random", 4)
+    grads[2] = -grads[0] + 0.2 * grads[2]  # a secondary task in conflict with the primary
+    combined, _ = combine(PCD, grads, primary="t0", tau=0.3, beta=0.0)
+    # β = 0 (one step): g̃_i = g_i / √(||g_i||² + ε); d̃ = argmin ½||d - g̃_0||² subject to
+    # ⟨g̃_j, d⟩ ≥ τ||g̃_j||², then rescaled to ||g_0||.
+    scaled = (grads / (grads.norm(dim=1, keepdim=True) ** 2 + 1e-8).sqrt()).numpy()
+    point = cp.Variable(grads.shape[1])
+    constraints = [scaled[1:] @ point >= 0.3 * (scaled[1:] ** 2).sum(1)]
+    cp.Problem(cp.Minimize(cp.sum_squares(point - scaled[0])), constraints).solve(cp.CLARABEL)
+    expected = torch.from_numpy(point.value)
+    expected = expected * grads[0].norm() / expected.norm()
+    torch.testing.assert_close(combined, expected, atol=1e-6, rtol=0)
+    assert float((grads[1:] @ combined).min()) > 0  # every secondary task still progresses
+
+
+def test_pcd_drops_constraints_that_cannot_hold_and_follows_the_primary() -> None:
+    grads = family("random", 3)
+    grads[2] = -grads[1]  # two opposite secondary tasks
+    combined, _ = combine(PCD, grads, tau=0.5, beta=0.0)
+    torch.testing.assert_close(combined, grads[0])
+    zero = grads.clone()
+    zero[0] = 0
+    combined, weights = combine(PCD, zero, beta=0.0)
+    assert not combined.any() and not weights.any()
