@@ -109,5 +109,9 @@ def test_pictures() -> None:
     target[:, :, :4] = 0  # some invalid pixels
     pictures = _task().pictures(batch["image"], torch.rand(3, 1, 32, 32) * 10, target)
     picture = pictures["truth_vs_prediction"]
-    assert picture.shape == (3, 3 * 33 + 1, 3 * 33 + 1)
+    # 32 px tiles enlarged 3x, 1 px padding; a 16 px title band above, a 26 px colour bar below
+    assert picture.shape == (3, 16 + 3 * 97 + 1 + 26, 3 * 97 + 1)
     assert picture.min() >= 0 and picture.max() <= 1
+    bar = picture[:, -26:]
+    low, high = bar[:, 8, 71], bar[:, 8, -72]  # the ramp's two ends
+    assert low[2] > low[0] and high[0] > high[2]  # blue (near) ... red (far)

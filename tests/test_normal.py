@@ -104,9 +104,10 @@ def test_pictures_draw_normals_as_colours_with_invalid_pixels_black() -> None:
     images = torch.rand(1, 3, 1, 6)
     picture = task().pictures(images, PREDICTED, TARGET)["truth_vs_prediction"]
     assert picture.shape[0] == 3 and picture.min() >= 0 and picture.max() <= 1
-    truth_column = picture[:, 1:2, 1 + 6 + 1 : 1 + 6 + 1 + 6]  # padding 1 around each cell
-    assert torch.equal(truth_column[..., 5], torch.zeros(3, 1))  # the invalid pixel
-    assert torch.allclose(truth_column[..., 0], torch.tensor([[0.5], [0.5], [1.0]]))
+    # A 16 px title band, then 1 x 6 px tiles enlarged 16x with 1 px padding around each.
+    truth_column = picture[:, 16 + 1 : 16 + 1 + 16, 1 + 96 + 1 : 1 + 96 + 1 + 96]
+    assert torch.equal(truth_column[:, 8, 5 * 16 + 8], torch.zeros(3))  # the invalid pixel
+    assert torch.allclose(truth_column[:, 8, 8], torch.tensor([0.5, 0.5, 1.0]))
 
 
 def test_histogram_quantiles_are_exact_to_a_bin() -> None:

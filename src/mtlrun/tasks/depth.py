@@ -7,7 +7,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.models.decoders import UpsampleDecoder
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import nothing_counted
-from mtlrun.tasks.pictures import colour_map, side_by_side
+from mtlrun.tasks.pictures import colour_bar, colour_map, stack, titled_columns
 
 
 def depth_errors(predicted: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,4 +113,6 @@ class DepthTask(Task):
         low, high = (shown.min(), shown.max()) if shown.numel() else (0.0, 1.0)
         truth = torch.where(valid, colour_map(target, low, high), 0.0)
         predicted = colour_map(output, low, high)
-        return {"truth_vs_prediction": side_by_side(images, truth, predicted)}
+        grid = titled_columns(["input", "truth", "prediction"], images, truth, predicted)
+        bar = colour_bar(float(low), float(high), grid.shape[-1], "depth (black: none)")
+        return {"truth_vs_prediction": stack(grid, bar)}

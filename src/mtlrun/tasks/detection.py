@@ -16,7 +16,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.detection_metrics import DetectionAP, rank_within_groups
-from mtlrun.tasks.pictures import draw_boxes, side_by_side
+from mtlrun.tasks.pictures import box_legend, draw_boxes, side_by_side, stack, titled
 
 Detections = list[dict[str, Tensor]]  # per image {"boxes": (n, 4), "scores": (n,), "labels": (n,)}
 
@@ -306,14 +306,21 @@ class DetectionTask(Task):
         """Input | ground-truth boxes | predicted boxes (score >= draw_threshold), per row;
         box colours are the class colours of segmentation pictures."""
         scale = max(1, 128 // images.shape[-1])  # small images are enlarged so boxes show
-        detections = self.detect(output, max(self.score_threshold, self.draw_threshold))
+        threshold = max(self.score_threshold, self.draw_threshold)
+        detections = self.detect(output, threshold)
         real = target["labels"] >= 0
+        names = self.average_precision.class_names
         truth = draw_boxes(
             images, [b[r] for b, r in zip(target["boxes"], real, strict=True)],
-            [c[r] for c, r in zip(target["labels"], real, strict=True)], scale,
+            [c[r] for c, r in zip(target["labels"], real, strict=True)], scale, names,
         )  # fmt: skip
         predicted = draw_boxes(
-            images, [d["boxes"] for d in detections], [d["labels"] for d in detections], scale
-        )
+            images, [d["boxes"] for d in detections], [d["labels"] for d in detections], scale,
+            names, [d["scores"] for d in detections],
+        )  # fmt: skip
         enlarged = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-        return {"truth_vs_prediction": side_by_side(enlarged, truth, predicted)}
+        grid = titled(
+            side_by_side(enlarged, truth, predicted),
+            ["input", "truth", f"prediction (score >= {threshold:g})"], enlarged.shape[-1],
+        )  # fmt: skip
+        return {"truth_vs_prediction": stack(grid, box_legend(names, grid.shape[-1]))}

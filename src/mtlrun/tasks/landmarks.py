@@ -8,6 +8,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
 from mtlrun.models.heads import landmark_head
 from mtlrun.tasks.base import Direction, Task
+from mtlrun.tasks.pictures import enlarged, legend, stack
 
 
 class LandmarksTask(Task):
@@ -94,7 +95,8 @@ class LandmarksTask(Task):
         return {"nme": normalised / images, "error_px": pixels / images}
 
     def pictures(self, images: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """Each image with its true points (green) and predicted points (red)."""
+        """Each image with its true points (green) and predicted points (red), and a legend
+        saying so."""
         from torchvision.utils import draw_keypoints, make_grid
 
         drawn = []
@@ -103,4 +105,6 @@ class LandmarksTask(Task):
             canvas = draw_keypoints(canvas, truth[None].float().cpu(), colors="lime", radius=1)
             canvas = draw_keypoints(canvas, predicted[None].cpu(), colors="red", radius=1)
             drawn.append(canvas.float() / 255)
-        return {"truth_vs_prediction": make_grid(torch.stack(drawn), nrow=len(drawn), padding=1)}
+        grid = make_grid(enlarged(torch.stack(drawn)), nrow=len(drawn), padding=1, pad_value=1.0)
+        key = legend(["truth", "prediction"], [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)], grid.shape[-1])
+        return {"truth_vs_prediction": stack(grid, key)}

@@ -8,7 +8,18 @@ from mtlrun.data import DatasetInfo
 from mtlrun.models.decoders import UpsampleDecoder
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import Histogram, nothing_counted
-from mtlrun.tasks.pictures import side_by_side
+from mtlrun.tasks.pictures import legend, stack, titled_columns
+
+# The colours of unit normals along each axis ((n + 1) / 2), for the pictures' legend.
+AXES = {
+    "+x": (1.0, 0.5, 0.5),
+    "+y": (0.5, 1.0, 0.5),
+    "+z": (0.5, 0.5, 1.0),
+    "-x": (0.0, 0.5, 0.5),
+    "-y": (0.5, 0.0, 0.5),
+    "-z": (0.5, 0.5, 0.0),
+    "no normal": (0.0, 0.0, 0.0),
+}
 
 THRESHOLDS = (11.25, 22.5, 30.0)  # degrees; the within-angle metrics of the NYUv2 literature
 _HISTOGRAM_BINS = 18_000  # 0.01 degree bins over 0..180: the median to within 0.01 degree
@@ -111,4 +122,7 @@ class NormalTask(Task):
         colour ((x, y, z) + 1) / 2, invalid pixels black."""
         valid = valid_pixels(target)[:, None]
         truth = torch.where(valid, (target.float() + 1) / 2, 0.0)
-        return {"truth_vs_prediction": side_by_side(images, truth, (output.float() + 1) / 2)}
+        predicted = (output.float() + 1) / 2
+        grid = titled_columns(["input", "truth", "prediction"], images, truth, predicted)
+        key = legend(list(AXES), list(AXES.values()), grid.shape[-1])
+        return {"truth_vs_prediction": stack(grid, key)}

@@ -56,8 +56,28 @@ def colour_map(values: Tensor, low: float | Tensor, high: float | Tensor) -> Ten
     return colours.permute(0, 3, 1, 2)
 
 
-def draw_boxes(images: Tensor, boxes: list[Tensor], labels: list[Tensor], scale: int = 1) -> Tensor:
-    """Each image with its boxes (xyxy pixels) drawn in the colour of their class.
+def box_colour(label: int) -> tuple[int, int, int]:
+    """Palette entry 0 is the dark background colour of class maps; box classes start at 1."""
+    red, green, blue = (int(255 * c) for c in _PALETTE[(label + 1) % len(_PALETTE)].tolist())
+    return red, green, blue
+
+
+def ink(background: tuple[int, int, int]) -> str:
+    """Black or white, whichever reads better on `background`."""
+    red, green, blue = background
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else "white"
+
+
+def draw_boxes(
+    images: Tensor,
+    boxes: list[Tensor],
+    labels: list[Tensor],
+    scale: int = 1,
+    names: list[str] | None = None,
+    scores: list[Tensor] | None = None,
+) -> Tensor:
+    """Each image with its boxes (xyxy pixels) drawn in the colour of their class, labelled
+    with the class name (from `names`) and the score (from `scores`) when given.
 
     Images are enlarged `scale` times (nearest) first, so that on small images the lines
     (scale / 2 wide) are thinner than an image pixel and leave the object visible.
@@ -66,18 +86,27 @@ def draw_boxes(images: Tensor, boxes: list[Tensor], labels: list[Tensor], scale:
     from torchvision.utils import draw_bounding_boxes
 
     drawn = []
-    for image, image_boxes, image_labels in zip(images, boxes, labels, strict=True):
+    for index, (image, image_boxes, image_labels) in enumerate(
+        zip(images, boxes, labels, strict=True)
+    ):
         large = image[None].float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
         canvas = (large[0].clamp(0, 1) * 255).round().to(torch.uint8)
         if len(image_boxes):
-            # Palette entry 0 is the dark background colour of class maps; classes start at 1.
-            colours = [
-                tuple(int(255 * c) for c in _PALETTE[(label + 1) % len(_PALETTE)].tolist())
-                for label in image_labels.tolist()
-            ]
+            classes = image_labels.tolist()
+            texts = None
+            if names is not None:
+                texts = [
+                    names[label] if 0 <= label < len(names) else str(label) for label in classes
+                ]
+                if scores is not None:
+                    texts = [
+                        f"{t} {float(v):.2f}" for t, v in zip(texts, scores[index], strict=True)
+                    ]
             canvas = draw_bounding_boxes(
-                canvas, image_boxes.float().cpu() * scale, colors=colours, width=max(1, scale // 2)
-            )
+                canvas, image_boxes.float().cpu() * scale, labels=texts,
+                colors=[box_colour(label) for label in classes], width=max(1, scale // 2),
+                label_colors=[ink(box_colour(label)) for label in classes], fill_labels=True,
+            )  # fmt: skip
         drawn.append(canvas.float() / 255)
     return torch.stack(drawn)
 
@@ -134,15 +163,18 @@ def stack(*parts: Tensor) -> Tensor:
     return torch.cat(padded, dim=1)
 
 
-def titled_columns(titles: list[str], *columns: Tensor, footer: Tensor | None = None) -> Tensor:
-    """`side_by_side` of the enlarged columns under a row of `titles`, with an optional
-    `footer` (a legend or colour bar) below."""
+def titled_columns(titles: list[str], *columns: Tensor) -> Tensor:
+    """`side_by_side` of the columns (enlarged to tiles of at least `TILE` pixels) under a
+    row of `titles`, one per column."""
     big = [enlarged(column) for column in columns]
-    grid = side_by_side(*big)
-    step = big[0].shape[-1] + 1  # make_grid's padding of 1
+    return titled(side_by_side(*big), titles, big[0].shape[-1])
+
+
+def titled(grid: Tensor, titles: list[str], tile: int) -> Tensor:
+    """A grid of `tile`-wide columns (make_grid's padding of 1) under their `titles`."""
+    step = tile + 1
     centres = [1 + step * k + step // 2 for k in range(len(titles))]
-    parts = [text_band(grid.shape[-1], titles, centres), grid]
-    return stack(*parts, footer) if footer is not None else stack(*parts)
+    return stack(text_band(grid.shape[-1], titles, centres), grid)
 
 
 def legend(names: list[str], colours: list[tuple[float, float, float]], width: int) -> Tensor:
@@ -169,10 +201,23 @@ def legend(names: list[str], colours: list[tuple[float, float, float]], width: i
     return from_pil(image)
 
 
-def class_legend(names: list[str], width: int) -> Tensor:
-    """The legend of `colourise`'s class colours (class k has palette entry k)."""
-    colours = [tuple(_PALETTE[k % len(_PALETTE)].tolist()) for k in range(len(names))]
-    return legend(names, colours, width)
+def class_legend(names: list[str], width: int, ignored: bool = False) -> Tensor:
+    """The legend of `colourise`'s class colours (class k has palette entry k; ignored
+    pixels white)."""
+    colours = [_rgb(_PALETTE[k % len(_PALETTE)]) for k in range(len(names))]
+    extra = [("ignored", (1.0, 1.0, 1.0))] if ignored else []
+    return legend(names + [n for n, _ in extra], colours + [c for _, c in extra], width)
+
+
+def box_legend(names: list[str], width: int) -> Tensor:
+    """The legend of `draw_boxes`'s class colours."""
+    colours = [tuple(c / 255 for c in box_colour(k)) for k in range(len(names))]
+    return legend(names, colours, width)  # type: ignore[arg-type]
+
+
+def _rgb(colour: Tensor) -> tuple[float, float, float]:
+    red, green, blue = colour.tolist()
+    return red, green, blue
 
 
 def colour_bar(low: float, high: float, width: int, label: str) -> Tensor:
@@ -190,6 +235,13 @@ def colour_bar(low: float, high: float, width: int, label: str) -> Tensor:
     draw.text((74 + bar_width, 8), f"{high:.3g}", fill="black", font=font, anchor="lm")
     draw.text((70 + bar_width // 2, 20), label, fill="black", font=font, anchor="mm")
     return from_pil(canvas)
+
+
+def fitted(text: str, width: int, font: Any) -> str:
+    """`text`, shortened (ending in '.') until it is at most `width` pixels long."""
+    while len(text) > 1 and font.getlength(text) > width:
+        text = text[:-2] + "."
+    return text
 
 
 def confusion_picture(matrix: Tensor, names: list[str]) -> Tensor:
@@ -217,8 +269,7 @@ def confusion_picture(matrix: Tensor, names: list[str]) -> Tensor:
             draw.text((x + cell // 2, y + cell // 2), value, fill=ink, font=font, anchor="mm")
         draw.text((margin - 6, top + row * cell + cell // 2), names[row], "black", font, "rm")
     for column in range(count):  # predicted class names above the columns
-        draw.text(
-            (margin + column * cell + cell // 2, top - 6), names[column][:6], "black", font, "ms"
-        )
+        name = fitted(names[column], cell - 2, font)
+        draw.text((margin + column * cell + cell // 2, top - 6), name, "black", font, "ms")
     draw.text((2, 2), "rows: true class, columns: predicted", fill="black", font=font)
     return from_pil(image)

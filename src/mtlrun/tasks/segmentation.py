@@ -7,7 +7,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.models.decoders import UpsampleDecoder
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import ConfusionMatrix
-from mtlrun.tasks.pictures import overlay, side_by_side
+from mtlrun.tasks.pictures import class_legend, overlay, stack, titled_columns
 
 
 class SegmentationTask(Task):
@@ -48,10 +48,15 @@ class SegmentationTask(Task):
         return {"miou": self.confusion.mean_iou(), "pixel_acc": self.confusion.accuracy()}
 
     def pictures(self, images: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """Input | ground truth | prediction, per row."""
+        """Input | ground truth | prediction, per row, under column titles, with the legend
+        of the class colours below."""
         predicted = output.argmax(dim=1)
-        return {
-            "truth_vs_prediction": side_by_side(
-                images, overlay(images, target), overlay(images, predicted)
-            )
-        }
+        grid = titled_columns(
+            ["input", "truth", "prediction"],
+            images, overlay(images, target), overlay(images, predicted),
+        )  # fmt: skip
+        names = self.info.class_names.get(self.target) or [
+            str(k) for k in range(self.num_classes())
+        ]
+        footer = class_legend(names, grid.shape[-1], ignored=bool((target < 0).any()))
+        return {"truth_vs_prediction": stack(grid, footer)}
