@@ -55,6 +55,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 FAMILIES = ["random", "opposite", "zero", "collinear", "spread"]
 TASKS = [2, 3, 5]
+SIZES = [12, 10_000]  # P: gradients of a few and of ten thousand parameters
 
 
 def family(name: str, tasks: int, size: int = 12, seed: int = 0) -> Tensor:
@@ -96,9 +97,10 @@ def worst(grads: Tensor, direction: Tensor) -> float:
 
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_pcgrad_matches_torchjd(name: str, tasks: int) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_pcgrad_matches_torchjd(name: str, tasks: int, size: int) -> None:
     # Both draw one torch.randperm(T) per task, so with one seed the orders are the same.
-    grads = family(name, tasks)
+    grads = family(name, tasks, size)
     torch.manual_seed(3)
     mine = ours(PCGrad, grads)
     torch.manual_seed(3)
@@ -107,13 +109,14 @@ def test_pcgrad_matches_torchjd(name: str, tasks: int) -> None:
 
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_upgrad_and_dualproj_match_torchjd(name: str, tasks: int) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_upgrad_and_dualproj_match_torchjd(name: str, tasks: int, size: int) -> None:
     # TorchJD's quadprog projector adds reg_eps·I to the Gramian normalised by its trace
     # (1e-4 by default) so that quadprog sees a positive-definite matrix; that shifts the
     # answer by up to 13% of max ||g|| when the norms spread over decades. Ours solves the
     # unregularised problem; so does TorchJD's with reg_eps = 0, where the Gramian is
     # positive definite, and 1e-13 where it is singular (opposite and zero gradients).
-    grads = family(name, tasks)
+    grads = family(name, tasks, size)
     singular = name in ("opposite", "zero")
     projector = QuadprogProjector(norm_eps=0.0, reg_eps=1e-13 if singular else 0.0)
     assert_same(ours(UPGrad, grads), tj.UPGrad(projector=projector)(grads), grads)
@@ -122,10 +125,11 @@ def test_upgrad_and_dualproj_match_torchjd(name: str, tasks: int) -> None:
 
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("name", ["random", "opposite", "zero", "spread"])
-def test_config_matches_torchjd(name: str, tasks: int) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_config_matches_torchjd(name: str, tasks: int, size: int) -> None:
     # Nearly collinear gradients are left out: the cosine matrix is then singular to 1e-12
     # and both pseudo-inverses cut its small eigenvalues at different thresholds.
-    grads = family(name, tasks)
+    grads = family(name, tasks, size)
     assert_same(ours(ConFIG, grads), tj.ConFIG()(grads), grads)
 
 
@@ -152,10 +156,11 @@ def test_imtl_matches_torchjd(name: str, tasks: int) -> None:
 
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_aligned_mtl_matches_torchjd_times_t(name: str, tasks: int) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_aligned_mtl_matches_torchjd_times_t(name: str, tasks: int, size: int) -> None:
     # Same balance transformation B (scale λ_min); the paper sums the aligned gradients
     # (B·1, ours), TorchJD averages them by default (B·1/T).
-    grads = family(name, tasks)
+    grads = family(name, tasks, size)
     assert_same(ours(AlignedMTL, grads) / tasks, tj.AlignedMTL()(grads), grads)
 
 
@@ -237,11 +242,12 @@ def test_pcd_matches_torchjd_over_steps(name: str, tasks: int) -> None:
 
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_mgda_reaches_torchjds_min_norm_or_better(name: str, tasks: int) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_mgda_reaches_torchjds_min_norm_or_better(name: str, tasks: int, size: int) -> None:
     # TorchJD runs the paper's Frank-Wolfe iterations (stopping at step < epsilon or after
     # max_iters); ours solves the min-norm problem exactly. Ours is never longer, and the
     # two agree to Frank-Wolfe's accuracy.
-    grads = family(name, tasks)
+    grads = family(name, tasks, size)
     mine = ours(MGDA, grads)
     theirs = tj.MGDA(epsilon=1e-12, max_iters=20_000)(grads)
     scale = float(grads.norm(dim=1).max() ** 2)
@@ -264,12 +270,15 @@ def test_cr_mogm_smooths_like_torchjd(tasks: int) -> None:
 
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_cagrad_improves_the_worst_task_at_least_as_much_as_torchjd(name: str, tasks: int) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_cagrad_improves_the_worst_task_at_least_as_much_as_torchjd(
+    name: str, tasks: int, size: int
+) -> None:
     # TorchJD solves the same dual with Clarabel, but on the normalised Gramian and with
     # d = g0 + r·g_w/||g_w|| (weights 0, i.e. d = 0, where ||g_w|| < 1e-4). Where that formula
     # holds (random, collinear) the two agree; elsewhere ours solves the paper's primal
     # problem and so improves the worst task at least as much.
-    grads = family(name, tasks)
+    grads = family(name, tasks, size)
     mine = ours(CAGrad, grads, c=0.4)
     theirs = tj.CAGrad(c=0.4)(grads)
     scale = float(grads.norm(dim=1).max() ** 2)
