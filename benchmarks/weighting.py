@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
             if device == "cpu" and count == settings.memory_tasks:
                 print(f"[weighting] memory, T={count} ...", file=sys.stderr, flush=True)
                 memory = cpu_memory(count, settings)
-            for method in methods():
+            for method in [method for method in methods() if method.label in step_times]:
                 row = {
                     "method": method.label,
                     "tasks": count,

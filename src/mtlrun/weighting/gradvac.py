@@ -4,11 +4,13 @@ Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and Improving Mult
 Optimization in Massively Multilingual Models", ICLR 2021.
 """
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtlrun.errors import UserError
 from mtlrun.weighting.base import GradientWeighting
+from mtlrun.weighting.solvers import device_weights, host_gram
 
 
 class GradVac(GradientWeighting):
@@ -41,33 +43,36 @@ class GradVac(GradientWeighting):
         self.register_buffer("targets", torch.zeros(count, count, dtype=torch.float64))
 
     def combine(self, grads: Tensor) -> tuple[Tensor, Tensor]:
-        gram = (grads @ grads.T).double().cpu()
-        targets = self.targets.cpu()
-        coefficients = vaccinate(gram, targets, self.beta)
-        self.targets.copy_(targets)
-        weights = coefficients.sum(0).to(grads)
+        targets = self.targets.cpu().numpy()
+        order = [torch.randperm(len(grads)).tolist() for _ in range(len(grads))]
+        coefficients = vaccinate(host_gram(grads), targets, self.beta, order)
+        self.targets.copy_(torch.from_numpy(targets))
+        weights = device_weights(coefficients.sum(0), grads)
         return weights @ grads, weights
 
 
-def vaccinate(gram: Tensor, targets: Tensor, beta: float) -> Tensor:
-    """Coefficients C [T, T] of the modified gradients (g_i^GV = Σ_j C[i, j] g_j); updates
-    `targets` in place."""
+def vaccinate(
+    gram: np.ndarray, targets: np.ndarray, beta: float, order: list[list[int]]
+) -> np.ndarray:
+    """Coefficients C [T, T] of the modified gradients (g_i^GV = Σ_j C[i, j] g_j), visiting
+    task i's partners in the order `order[i]`; updates `targets` in place. On the host in
+    float64: T is small, and scalar steps there cost far less than on a device."""
     count = len(gram)
-    coefficients = torch.eye(count, dtype=gram.dtype)
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    tiny = torch.finfo(gram.dtype).tiny
+    coefficients = np.eye(count)
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    tiny = np.finfo(float).tiny
     for i in range(count):
-        for j in torch.randperm(count).tolist():
+        row = coefficients[i]
+        for j in order[i]:
             if j == i:
                 continue
-            row = coefficients[i]
-            norm_i = (row @ gram @ row).clamp_min(0).sqrt()
-            cosine = float((row @ gram[:, j]) / (norm_i * norms[j]).clamp_min(tiny))
+            norm_i = np.sqrt(max(float(row @ gram @ row), 0.0))
+            cosine = float(row @ gram[:, j]) / max(norm_i * norms[j], tiny)
             cosine = min(max(cosine, -1.0), 1.0)  # rounding can leave [-1, 1]
             target = float(targets[i, j])
-            if cosine < target and float(norms[j]) > 0:
-                lift = target * (1 - cosine**2) ** 0.5 - cosine * max(1 - target**2, 0.0) ** 0.5
-                base = float(norms[j]) * max(1 - target**2, 0.0) ** 0.5
-                coefficients[i, j] += norm_i * lift / max(base, tiny)
+            if cosine < target and norms[j] > 0:
+                lift = target * np.sqrt(1 - cosine**2) - cosine * np.sqrt(max(1 - target**2, 0.0))
+                base = norms[j] * np.sqrt(max(1 - target**2, 0.0))
+                row[j] += norm_i * lift / max(base, tiny)
             targets[i, j] = (1 - beta) * target + beta * cosine
     return coefficients

@@ -73,10 +73,8 @@ class TrimmedMean(GradientWeighting):
 
     def combine(self, grads: Tensor) -> tuple[Tensor, Tensor]:
         count = len(grads)
-        order = grads.argsort(dim=0)
-        ranks = torch.empty_like(order)
-        positions = torch.arange(count, device=grads.device)[:, None].expand_as(order)
-        ranks.scatter_(0, order, positions)
-        kept = (ranks >= self.trim) & (ranks < count - self.trim)
-        combined = (grads * kept).sum(0) / (count - 2 * self.trim)
-        return combined, kept.to(grads.dtype).mean(1)
+        ordered = grads.sort(dim=0)
+        middle = slice(self.trim, count - self.trim)
+        combined = ordered.values[middle].mean(0)
+        kept = torch.bincount(ordered.indices[middle].flatten(), minlength=count)
+        return combined, kept.to(grads.dtype) / grads.shape[1]
