@@ -321,6 +321,6 @@ class DetectionTask(Task):
         enlarged = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
         grid = titled(
             side_by_side(enlarged, truth, predicted),
-            ["input", "truth", f"prediction (score >= {threshold:g})"], enlarged.shape[-1],
+            ["input", "truth", f"prediction >= {threshold:g}"], enlarged.shape[-1],
         )  # fmt: skip
         return {"truth_vs_prediction": stack(grid, box_legend(names, grid.shape[-1]))}
