@@ -22,6 +22,7 @@ from mtlrun.models.heads import has_fixed_input_size
 from mtlrun.models.multitask import MultiTaskModel
 from mtlrun.nonfinite import NonFinitePolicy, nonfinite_policy
 from mtlrun.players import Player
+from mtlrun.preflight import check_data_source
 from mtlrun.run import Run
 from mtlrun.tasks import Direction, Task
 from mtlrun.trainer import TrainerConfig, trainer_config
@@ -43,6 +44,12 @@ def make(path: str, node: DictConfig, **runtime: Any) -> Any:
             f"pick one of the options in conf/{path.split('.')[0]}/"
         )
     schema.check(path, node, frozenset(runtime))
+    if runtime and not node.get("_partial_", False):
+        raise UserError(
+            f"{path}: add `_partial_: true` to its config node (or {path}._partial_=true on "
+            f"the command line): {node._target_} is called with runtime arguments "
+            f"({', '.join(runtime)}) that the config does not hold"
+        )
     try:
         made = instantiate(node)
         return made(**runtime) if runtime else made
@@ -126,6 +133,7 @@ def build(
     trainer, device, distributed = setting.trainer, setting.device, setting.distributed
     data = build_data(cfg, setting)
     tasks, weighting, model = build_model(cfg, data.info, setting)
+    check_data_source(data, tasks)  # the first batches against the contract, before training
     optimizer, scheduler = build_optimizer(cfg, model, weighting, trainer.epochs)
     directions, monitor = metric_directions(tasks, trainer.monitor)
     if distributed.is_main:
