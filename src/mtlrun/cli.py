@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mtlrun import __version__
 from mtlrun.errors import UserError, first_line
 from mtlrun.preemption import Preempted
+from mtlrun.search_path import make_current_directory_importable, searchpath_override, user_folders
 
 if TYPE_CHECKING:  # imported when needed: Hydra's parser and rich are slow to load
     from hydra.core.override_parser.types import Override
@@ -216,19 +217,20 @@ def check_arguments(arguments: list[str]) -> None:
                 f"cannot parse the override {text!r} ({one_line(error)}); quote list "
                 "overrides in the shell, e.g. 'tasks=[cls,seg]'"
             )
-    root = config_dir()
+    folders = [config_dir(), *user_folders(arguments)]  # where Hydra will look, in order
     for override in parsed:
         group = override.key_or_group
-        if group not in GROUPS or override.package or not (root / group).is_dir():
+        if group not in GROUPS or override.package or not (folders[0] / group).is_dir():
             continue
         if override.is_delete() or override.value() is None:
             continue
-        available = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        available = sorted({p.stem for folder in folders for p in (folder / group).glob("*.yaml")})
         for option in _options(override):
             if option not in available:
                 fail(f"unknown {group} '{option}'; choose from: {', '.join(available)}")
     if "-m" not in arguments and "--multirun" not in arguments:
-        compose_once([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+        own = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+        compose_once([*own, *searchpath_override(arguments)])
 
 
 def compose_once(overrides: list[str]) -> None:
@@ -287,6 +289,7 @@ def main() -> None:
 
 
 def start_hydra() -> None:
+    make_current_directory_importable()  # `_target_: my_module.MyData`, as with python -m
     check_arguments(sys.argv[1:])
     if not is_secondary_process():
         train()
