@@ -132,10 +132,8 @@ def test_the_log_file_gets_everything_as_plain_text(tmp_path: Path, seconds: Non
     console.note("a warning")
     console.summary({"val/cls/acc": 0.5}, {"val/cls/acc": Direction.MAX}, tmp_path)
     console.error("mtlrun: error: something")
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        with console.logging_warnings():
-            warnings.warn("careful", UserWarning, stacklevel=1)
+    with pytest.warns(UserWarning, match="careful"), console.logging_warnings():
+        warnings.warn("careful", UserWarning, stacklevel=1)  # still shown (and recorded)
     console.close_log()
     text = log.read_text()
     assert "\x1b[" not in text  # no colours or cursor moves
