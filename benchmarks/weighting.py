@@ -56,6 +56,7 @@ from omegaconf import OmegaConf
 from mtlrun.build import build
 from mtlrun.cli import config_dir
 from mtlrun.engine import Run
+from mtlrun.errors import UserError
 from mtlrun.weighting import StepContext, Weighting
 from mtlrun.weighting.base import GradientWeighting
 
@@ -256,9 +257,10 @@ def torchjd_peers(tasks: int) -> dict[str, Any]:
         "nash_mtl": tj.NashMTL(n_tasks=tasks), "aligned_mtl": tj.AlignedMTL(),
         "graddrop-parameters": tj.GradDrop(), "upgrad": tj.UPGrad(), "dualproj": tj.DualProj(),
         "config": tj.ConFIG(), "gradvac": tj.GradVac(), "fairgrad": tj.FairGrad(alpha=1.0),
-        "excess_mtl": tj.ExcessMTL(), "krum": tj.Krum(n_byzantine=0), "rgw": tj.Random(),
+        "excess_mtl": tj.ExcessMTL(), "rgw": tj.Random(), "pcd": tj.PCD(),
     }  # fmt: skip
-    if tasks >= 3:
+    if tasks >= 3:  # what mtlrun's krum and trimmed_mean need, too
+        peers["krum"] = tj.Krum(n_byzantine=0)
         peers["trimmed_mean"] = tj.TrimmedMean(trim_number=1)
     return peers
 
@@ -304,7 +306,12 @@ def time_methods(
     tasks: int, settings: Settings, folder: Path
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median step time (s) and, on CUDA, peak memory (MB) per method (and peer) label."""
-    runs = {method.label: build_run(method, tasks, settings, folder) for method in methods()}
+    runs = {}
+    for method in methods():
+        try:
+            runs[method.label] = build_run(method, tasks, settings, folder)
+        except UserError as error:  # e.g. krum with too few tasks
+            print(f"[weighting] {method.label}, T={tasks}: left out ({error})", file=sys.stderr)
     if settings.peers:
         runs.update(peer_runs(tasks, settings, folder))
     first = next(iter(runs.values()))
@@ -427,6 +434,9 @@ def markdown(rows: list[dict[str, Any]], settings: Settings) -> str:
         goal = "(T+1)x" if len(goals) > 1 else f"{goals[0]:g}x"
         cells = [label, goal]
         for tasks in settings.tasks:
+            if tasks not in mine:
+                cells += ["-", "-"]
+                continue
             row = mine[tasks]
             mark = "" if row["time_ratio"] <= row["goal"] else " **over goal**"
             cells.append(f"{row['time_ratio']:.2f}x ({row['step_ms']:.0f} ms){mark}")
