@@ -48,7 +48,8 @@ def make(cls: type[GradientWeighting], tasks: int, **kwargs: object) -> Gradient
 
 
 def cagrad_primal(grads: np.ndarray, c: float) -> tuple[float, np.ndarray]:
-    """max_d min_i g_i·d s.t. ||d - g0|| ≤ c||g0|| (Liu et al. 2021, eq. 3), by Clarabel."""
+    """CAGrad's primal problem (Liu et al. 2021), max_d min_i g_i·d s.t. ||d - g0|| ≤
+    c||g0||, solved by Clarabel."""
     mean = grads.mean(0)
     direction, level = cp.Variable(grads.shape[1]), cp.Variable()
     constraints = [

@@ -27,7 +27,7 @@ class CAGrad(GradientWeighting):
     """Maximise the worst task's improvement within a ball around the average gradient.
 
     With g0 the average gradient and r = c·||g0||, the update d solves the paper's primal
-    problem max_d min_i ⟨g_i, d⟩ s.t. ||d - g0|| ≤ r (its eq. 3). The paper goes through the
+    problem max_d min_i ⟨g_i, d⟩ s.t. ||d - g0|| ≤ r. The paper goes through the
     dual, min over the simplex of F(w) = ⟨g_w, g0⟩ + r·||g_w|| (g_w = Σ w_i g_i), and
     d = g0 + r·g_w/||g_w||, which is undefined when g_w = 0 (0 in the gradients' hull, e.g.
     two opposite gradients) and, computed from the Gram matrix, lost in rounding when

@@ -13,7 +13,7 @@ from mtlrun.weighting.base import LOSS_FLOOR, GradientWeighting
 
 class DBMTL(GradientWeighting):
     """Balance the losses by a logarithm and the gradients by their norms (the paper's
-    Algorithm 1): the gradient of log L_t is g_t / L_t; an exponential moving average
+    algorithm): the gradient of log L_t is g_t / L_t; an exponential moving average
     ĝ_t ← r_k ĝ_t + (1 - r_k) g_t / L_t (r_k = β / k^σ at step k, ĝ starting at 0) smooths
     it; the update Σ_t (max_s ||ĝ_s|| / ||ĝ_t||) ĝ_t gives every task the largest task's
     gradient size. The reported weight of a task is its scale max_s ||ĝ_s|| / ||ĝ_t||

@@ -16,7 +16,7 @@ from mtlrun.weighting.solvers import device_weights, host_gram
 class GradVac(GradientWeighting):
     """Like PCGrad, but instead of only removing conflicts, raise the cosine φ_ij between
     task i's (already modified) gradient and task j's to an adaptive target φ̂_ij, an
-    exponential moving average of the observed cosines (the paper's Algorithm 2, applied
+    exponential moving average of the observed cosines (the paper's algorithm, applied
     to the whole shared model): where φ_ij < φ̂_ij,
 
         g_i += ||g_i|| (φ̂_ij √(1-φ_ij²) - φ_ij √(1-φ̂_ij²)) / (||g_j|| √(1-φ̂_ij²)) · g_j,

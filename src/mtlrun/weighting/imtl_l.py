@@ -1,7 +1,7 @@
 """`imtl_l`: impartial multi-task learning, loss balance (IMTL-L).
 
 Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
-ICLR 2021 (section 3.2; `imtl` is the gradient half, IMTL-G).
+ICLR 2021 (the loss-balance half; `imtl` is the gradient half, IMTL-G).
 """
 
 import torch

@@ -12,7 +12,7 @@ from mtlrun.weighting.base import GradientWeighting
 
 
 class MoCo(GradientWeighting):
-    """MGDA on tracked gradients (the paper's Algorithm 1): at step k each task's estimate
+    """MGDA on tracked gradients (the paper's algorithm): at step k each task's estimate
     moves toward its new gradient, y_t ← y_t - β_k (y_t - g_t), the weights take one
     projected gradient step on the min-norm objective, λ ← Π_Δ(λ - γ_k (Y Yᵀ + ρI) λ), and
     the update is Σ_t λ_t y_t; β_k = β / k^σβ, γ_k = γ / k^σγ, λ starts at 1/T and y at 0.

@@ -93,8 +93,8 @@ def dual_cone_weights(gram: np.ndarray, preference: np.ndarray) -> np.ndarray:
     """Weights w with Σ w_i g_i the projection of Σ u_i g_i (u = `preference`) onto the
     dual cone of the gradients, {d : ⟨g_i, d⟩ ≥ 0 for every i}.
 
-    The projection's dual is min over w ≥ u of wᵀKw (Quinton & Rey 2024, Proposition 1;
-    Lopez-Paz & Ranzato 2017, eq. 11): with w = u + λ, a non-negative least-squares
+    The projection's dual is min over w ≥ u of wᵀKw (as in Quinton & Rey 2024 and
+    Lopez-Paz & Ranzato 2017): with w = u + λ, a non-negative least-squares
     problem in λ, solved on K scaled to unit size.
     """
     scale = float(np.max(np.diag(gram), initial=0.0))

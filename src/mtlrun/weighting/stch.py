@@ -13,10 +13,10 @@ from mtlrun.weighting.base import LOSS_FLOOR, StepContext, Weighting
 
 class STCH(Weighting):
     """Minimise the smooth maximum μ log Σ_t exp(f_t / μ) of the normalised log-losses
-    f_t = log(L_t / z_t) (the paper's eq. 8 with equal preferences, on log-losses as its
-    multi-task experiments and LibMTL do), times T so that its size matches a sum of T
-    losses. As μ → 0 it approaches the worst task's f_t (Tchebycheff); each task's weight
-    is softmax(f / μ)_t · T / L_t.
+    f_t = log(L_t / z_t) (the paper's smooth Tchebycheff scalarisation with equal
+    preferences, on log-losses as its multi-task experiments and LibMTL do), times T so
+    that its size matches a sum of T losses. As μ → 0 it approaches the worst task's f_t
+    (Tchebycheff); each task's weight is softmax(f / μ)_t · T / L_t.
 
     During the first `warmup_epochs` epochs the loss is Σ_t log L_t and the losses of the
     last warm-up epoch are averaged into the nadir point z (the authors' MTL code and

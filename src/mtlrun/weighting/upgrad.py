@@ -12,7 +12,7 @@ from mtlrun.weighting.solvers import device_weights, dual_cone_weights, host_gra
 
 class UPGrad(GradientWeighting):
     """Project every task gradient onto the dual cone of all of them,
-    {d : ⟨g_i, d⟩ ≥ 0 for every i}, and average the projections (the paper's eq. 5 with
+    {d : ⟨g_i, d⟩ ≥ 0 for every i}, and average the projections (the paper's aggregator with
     the uniform preference 1/T, TorchJD's default). The update conflicts with no task,
     and equals the average gradient when no two gradients conflict.
 
