@@ -285,3 +285,26 @@ def fake_data_overrides(
 # Single MNIST digits read from the same IDX files as MultiMNIST (fake digit d is the
 # constant 20 d + 10, so digits 0..1 are all background in `seg` and 2..9 all digit).
 FAKES["mtlrun.data.mnist.MNISTData"] = Fake(write_mnist, ("cls", "seg", "gen"))
+
+
+def write_folder(root: Path, count: int = 10) -> Path:
+    """root/images/{i}.png of varied sizes, root/masks/{i}.png (1 in a centred box, 255 =
+    ignore on its border, 0 elsewhere) and root/manifest.csv: image, label (cat / dog by
+    parity), mask."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    generator = np.random.default_rng(4)
+    lines = ["image,label,mask"]
+    for index in range(count):
+        height, width = (24, 30) if index % 2 else (28, 20)
+        pixels = generator.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{index}.png")
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[4:-4, 4:-4], mask[4, 4:-4] = 1, 255
+        Image.fromarray(mask).save(root / "masks" / f"{index}.png")
+        lines.append(f"images/{index}.png,{'dog' if index % 2 else 'cat'},masks/{index}.png")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+FAKES["mtlrun.data.folder.FolderData"] = Fake(write_folder, ("cls",))
