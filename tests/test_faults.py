@@ -138,7 +138,7 @@ def test_a_preemption_signal_saves_stops_and_resumes_exactly(
     """What SLURM sends before it kills a job: the run saves a checkpoint at the next step
     boundary, says so in one line and exits as the signal would have; a re-run continues."""
     process = start(tmp_path, "-m", "mtlrun")
-    process.wait_for("step 3 ")
+    process.wait_for("step 3/")  # plain lines: "epoch 1/2  step 3/12  ETA ..."
     process.process.send_signal(signum)
     stopped = process.finish()
     assert stopped.returncode == 128 + signum, stopped.output[-3000:]
