@@ -175,7 +175,9 @@ class CrossRankBatchNorm(nn.BatchNorm2d):
     def forward(self, images: Tensor) -> Tensor:
         if not self.training:
             return super().forward(images)
-        channels, values = images.shape[1], images.float()
+        # Statistics in float32 at least (bf16 under autocast), float64 for a float64 model.
+        channels = images.shape[1]
+        values = images.to(torch.promote_types(images.dtype, torch.float32))
         shape = (1, channels, 1, 1)
         count = values.new_full((1,), images.numel() / channels)
         # Two passes (mean, then squared deviations): the one-pass E[x²] - E[x]² loses all

@@ -121,8 +121,10 @@ def check_images(images: Any, info: DatasetInfo, where: str) -> tuple[int, int, 
         raise UserError(f"{prefix} is empty (shape {shape}); every batch needs images")
     if images.dtype == torch.uint8:
         raise UserError(f"{prefix} is uint8; give float32 in [0, 1]: images.float() / 255")
-    if images.dtype != torch.float32:
-        raise UserError(f"{prefix} is {images.dtype}; give float32 in [0, 1]: images.float()")
+    # The model's dtype: float32, unless a caller built it in another default (float64).
+    wanted = torch.get_default_dtype()
+    if images.dtype != wanted:
+        raise UserError(f"{prefix} is {images.dtype}; give {wanted} in [0, 1]: images.float()")
     if tuple(shape[2:]) != tuple(info.image_size):
         raise UserError(
             f"{prefix} is {shape[2]}x{shape[3]} but the dataset's info.image_size is "
@@ -159,8 +161,9 @@ def check_tensor(
         raise UserError(f"{context} must be a tensor {layout}, got {type(value).__name__}")
     if spec.dtype == torch.int64 and value.is_floating_point():
         raise UserError(f"{context} holds floats ({value.dtype}); class labels are int64: .long()")
-    if value.dtype != spec.dtype:
-        raise UserError(f"{context} is {value.dtype}; the contract is {layout}: .to({spec.dtype})")
+    wanted = torch.get_default_dtype() if spec.dtype == torch.float32 else spec.dtype
+    if value.dtype != wanted:
+        raise UserError(f"{context} is {value.dtype}; the contract is {layout}: .to({wanted})")
     expected = (batch, *(height if s == "H" else width if s == "W" else s for s in spec.shape))
     fixed = [isinstance(s, int) for s in expected]
     shape = tuple(value.shape)
