@@ -110,7 +110,7 @@ def test_folder_trains_cls_and_seg_from_the_command_line_config(
         "dataset=folder",
         f"dataset.root={root}",
         "dataset.num_workers=0",
-        "+dataset.masks.seg=mask",
+        "dataset.masks={seg: mask}",
         "tasks=[cls,seg]",
         "trainer.batch_size=2",
     )
