@@ -349,9 +349,11 @@ def import_libmtl_weighting() -> types.ModuleType:
 libmtl = import_libmtl_weighting()
 
 
-def libmtl_update(name: str, grads: Tensor, **kwargs: object) -> Tensor:
-    """LibMTL's method `name` run on linear losses L_t = ⟨g_t, θ⟩ whose gradients are the
-    rows of `grads` (LibMTL accumulates them in float32)."""
+def libmtl_update(
+    name: str, grads: Tensor, offsets: Tensor | None = None, **kwargs: object
+) -> Tensor:
+    """LibMTL's method `name` run on affine losses L_t = ⟨g_t, θ⟩ + offsets_t at θ = 0,
+    whose gradients are the rows of `grads` (LibMTL accumulates them in float32)."""
     theta = nn.Parameter(torch.zeros(grads.shape[1]))
 
     class Harness(getattr(libmtl, name)):  # type: ignore[misc]
@@ -372,6 +374,8 @@ def libmtl_update(name: str, grads: Tensor, **kwargs: object) -> Tensor:
     weighting.task_name = [f"t{index}" for index in range(len(grads))]
     weighting.init_param()
     losses = grads.float() @ theta
+    if offsets is not None:
+        losses = losses + offsets.float()
     weighting.backward(losses if name in ("GLS", "EW", "IMTL") else list(losses.unbind()), **kwargs)
     assert theta.grad is not None
     return theta.grad.double()
@@ -426,16 +430,18 @@ def test_libmtl_mgda_normalisations_choose_the_same_weights(normalize: str) -> N
     # ours (like the authors' code) applies the same weights to the original gradients. The
     # weights agree: compare ours, normalised back, with LibMTL's update.
     grads = family("random", 3).float().double()
-    theta_losses = torch.zeros(3, dtype=torch.float64)  # L_t = ⟨g_t, 0⟩ = 0 for LibMTL
-    if normalize in ("loss", "loss+"):
-        pytest.skip("LibMTL's linear test losses are 0 at θ = 0: loss normalisation undefined")
+    losses = torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64)  # the losses at θ = 0
     method = MGDA(normalize=normalize)
     method.setup(["a", "b", "c"])
-    method.loss_values = theta_losses
+    method.loss_values = losses
     _, weights = method.combine(grads)
-    divisors = grads.norm(dim=1) if normalize == "l2" else torch.ones(3, dtype=torch.float64)
+    norms = grads.norm(dim=1)
+    divisors = {"none": torch.ones_like(norms), "l2": norms, "loss": losses}.get(
+        normalize, losses * norms
+    )
     expected = (weights / divisors) @ grads
-    assert_same(expected, libmtl_update("MGDA", grads, mgda_gn=normalize), grads, 1e-3)
+    theirs = libmtl_update("MGDA", grads, offsets=losses, mgda_gn=normalize)
+    assert_same(expected, theirs, grads, 1e-3)
 
 
 def test_libmtl_gls_and_uw_give_the_same_gradients() -> None:
