@@ -470,3 +470,32 @@ def test_libmtl_gls_and_uw_give_the_same_gradients() -> None:
             gradients.append(losses.grad)
         # ours keeps its log-variances in float32 (the model's dtype): float32 precision
         torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+def test_libmtl_graddrop_on_features_matches_with_the_input_signs(tasks: int) -> None:
+    # Both follow Chen et al.'s Algorithm 1 on a batch-separated layer: G_i = Σ_batch
+    # sign(A) ∘ ∇_A L_i, then purity, one uniform draw per feature (torch.rand_like of the
+    # same shape), masks broadcast over the batch. LibMTL adds 1e-7 to the purity's
+    # denominator; ours does not, which moves no draw here.
+    generator = torch.Generator().manual_seed(tasks)
+    per_sample = torch.randn(tasks, 6, 40, generator=generator)
+    inputs = torch.randn(6, 40, generator=generator)
+    rep = inputs.clone().requires_grad_()
+
+    class Harness(libmtl.GradDrop):  # type: ignore[misc]
+        def _compute_grad(self, losses: object, mode: str, rep_grad: bool = False) -> Tensor:
+            return per_sample.clone()
+
+    theirs = Harness()
+    theirs.task_num, theirs.device, theirs.rep_grad, theirs.rep = tasks, "cpu", True, rep
+    torch.manual_seed(11)
+    theirs.backward(None, leak=0.0)
+    method = GradDrop(on="features")
+    method.setup([f"t{index}" for index in range(tasks)])
+    method.row_shape = torch.Size(inputs.shape)
+    method.input_signs = inputs.sign()
+    torch.manual_seed(11)
+    mine, _ = method.combine(per_sample.flatten(1))
+    assert rep.grad is not None
+    torch.testing.assert_close(mine.view_as(inputs), rep.grad)
