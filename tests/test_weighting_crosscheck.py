@@ -246,13 +246,14 @@ def test_pcd_matches_torchjd_over_steps(name: str, tasks: int) -> None:
 def test_mgda_reaches_torchjds_min_norm_or_better(name: str, tasks: int, size: int) -> None:
     # TorchJD runs the paper's Frank-Wolfe iterations (stopping at step < epsilon or after
     # max_iters); ours solves the min-norm problem exactly. Ours is never longer, and the
-    # two agree to Frank-Wolfe's accuracy.
+    # two agree to Frank-Wolfe's accuracy (O(1/k): 1.6e-2 of max ||g|| after 1000 steps,
+    # 3.5e-3 after 20 000).
     grads = family(name, tasks, size)
     mine = ours(MGDA, grads)
-    theirs = tj.MGDA(epsilon=1e-12, max_iters=20_000)(grads)
+    theirs = tj.MGDA(epsilon=1e-12, max_iters=1000)(grads)
     scale = float(grads.norm(dim=1).max() ** 2)
     assert float(mine @ mine) <= float(theirs @ theirs) + 1e-12 * scale
-    assert_same(mine, theirs, grads, tolerance=1e-2)
+    assert_same(mine, theirs, grads, tolerance=2e-2)
 
 
 @pytest.mark.parametrize("tasks", TASKS)
@@ -261,11 +262,11 @@ def test_cr_mogm_smooths_like_torchjd(tasks: int) -> None:
     # TorchJD's inner MGDA is Frank-Wolfe, hence MGDA's tolerance.
     method = CRMOGM(alpha=0.9)
     method.setup([f"t{index}" for index in range(tasks)])
-    theirs = tj.CRMOGMWeighting(tj.MGDAWeighting(epsilon=1e-12, max_iters=20_000), alpha=0.9)
+    theirs = tj.CRMOGMWeighting(tj.MGDAWeighting(epsilon=1e-12, max_iters=1000), alpha=0.9)
     for step in range(4):
         grads = family("random", tasks, seed=step)
         combined, _ = method.combine(grads)
-        assert_same(combined, theirs(grads @ grads.T) @ grads, grads, tolerance=1e-2)
+        assert_same(combined, theirs(grads @ grads.T) @ grads, grads, tolerance=2e-2)
 
 
 @pytest.mark.parametrize("tasks", TASKS)
