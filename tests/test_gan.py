@@ -155,6 +155,7 @@ def test_a_nonfinite_step_moves_neither_player(build_tiny_run, tmp_path, monkeyp
         ("tasks.gan.discriminator=both", "tasks.gan.discriminator must be one of shared, own"),
         ("tasks.gan.n_critic=0", "n_critic, r1_every must be >= 1"),
         ("tasks.gan.quality_features=nowhere", "reference network weights"),
+        ("tasks.gan.auxiliary_weight=1", "auxiliary_weight needs discriminator=own"),
     ],
 )
 def test_bad_gan_settings_are_one_line(build_tiny_run, tmp_path, override, message):
@@ -278,3 +279,35 @@ def test_the_trunk_is_skipped_only_when_no_head_reads_it(build_tiny_run, tmp_pat
         model_step(run, images, targets)
         assert bool(calls) == runs_trunk
         assert not same(generator_before, run.model.heads["gan"])  # the generator still trains
+
+
+def test_the_auxiliary_classifier_term_is_the_cross_entropy_of_each_side(build_tiny_run, tmp_path):
+    """AC-GAN with an own discriminator: its classifier learns the condition from real
+    images (the discriminator's loss gains weight x cross-entropy on them), and the generator
+    is asked to make images it classifies as their condition (its loss gains the same term
+    on its own images)."""
+    run = build_tiny_run(
+        tmp_path, *OWN, "tasks.gan.condition=class", "tasks.gan.auxiliary_weight=0.5"
+    )
+    gan, (player,) = run.tasks["gan"], run.players
+    player.module.eval()  # spectral norm without power iterations: every pass is the same
+    images, targets = first_batch(run)
+    target = targets["gan"]
+    labels = target["condition"]
+    _, reported = player.loss(run.forward, images, target)  # (R1 needs gradients)
+    with torch.no_grad():
+        _, real_classes = player.module.network.judge(target["image"], labels)
+    assert real_classes is not None and real_classes.shape == (len(labels), gan.condition.classes)
+    expected = 0.5 * torch.nn.functional.cross_entropy(real_classes, labels)
+    torch.testing.assert_close(reported["d_auxiliary"], expected)
+    # The generator's side: its adversarial loss plus the term on its images.
+    with torch.no_grad():
+        noise_state = gan.noise.get_state()
+        generator_side = gan.loss(torch.empty(0), target)
+        gan.noise.set_state(noise_state)
+        fake = gan.generate(target)
+        fake_logits, fake_classes = player.module.network.judge(fake, labels)
+    assert fake_classes is not None
+    auxiliary = 0.5 * torch.nn.functional.cross_entropy(fake_classes, labels)
+    torch.testing.assert_close(gan.latest["g_auxiliary"], auxiliary)
+    torch.testing.assert_close(generator_side, -fake_logits.mean() + auxiliary)

@@ -344,3 +344,19 @@ def test_ema_of_a_spectral_norm_discriminator_runs() -> None:
     live_original = live.trunk[0].parametrizations.weight.original
     ema_original = ema.module.trunk[0].parametrizations.weight.original
     assert live_original.data_ptr() != ema_original.data_ptr()
+
+
+def test_the_auxiliary_classifier_reads_the_same_pass() -> None:
+    """`judge` gives the real/fake logits `forward` gives, plus class logits from the same
+    features; without auxiliary classes there are none."""
+    torch.manual_seed(0)
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    plain = Discriminator((32, 32), 32, num_classes=CLASSES).eval()
+    assert plain.judge(images, labels)[1] is None
+    discriminator = Discriminator((32, 32), 32, num_classes=CLASSES, auxiliary_classes=CLASSES)
+    discriminator.eval()
+    logits, classes = discriminator.judge(images, labels)
+    assert classes is not None and classes.shape == (4, CLASSES)
+    assert torch.equal(logits, discriminator(images, labels))
+    assert classes.std(dim=0).gt(0).all()  # it reads each image, not a constant
+    assert any("classifier" in name for name, _ in discriminator.named_parameters())

@@ -241,6 +241,8 @@ class Discriminator(nn.Module):
         layout_classes: > 0 concatenates the one-hot layout to the input.
         spectral_norm: wrap every conv, linear and the class embedding in spectral
             normalisation (one power iteration per training forward pass).
+        auxiliary_classes: > 0 adds an auxiliary classifier on the pooled features (AC-GAN,
+            Odena et al. 2017), read with `judge`.
     """
 
     def __init__(
@@ -250,6 +252,7 @@ class Discriminator(nn.Module):
         num_classes: int = 0,
         layout_classes: int = 0,
         spectral_norm: bool = True,
+        auxiliary_classes: int = 0,
     ) -> None:
         super().__init__()
         self.layout_classes = layout_classes
@@ -266,12 +269,21 @@ class Discriminator(nn.Module):
             ]
         layers.append(nn.LeakyReLU(LEAKY_SLOPE))
         self.trunk = nn.Sequential(*layers)
-        self.head = RealFakeHead(hidden, num_classes, spectral_norm, activation=LEAKY_SLOPE)
+        self.head = RealFakeHead(
+            hidden, num_classes, spectral_norm, LEAKY_SLOPE, auxiliary_classes=auxiliary_classes
+        )
 
     def forward(
         self, images: Tensor, labels: Tensor | None = None, layout: Tensor | None = None
     ) -> Tensor:
         """Logits [B]; higher means "real"."""
+        return self.judge(images, labels, layout)[0]
+
+    def judge(
+        self, images: Tensor, labels: Tensor | None = None, layout: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Real/fake logits [B] and the auxiliary classifier's logits [B, classes] (None
+        without one), from one pass."""
         # Centre the input as DCGAN does; the generator and the datasets both give [0, 1].
         inputs = images * 2 - 1
         if self.layout_classes > 0:
@@ -279,7 +291,7 @@ class Discriminator(nn.Module):
                 raise ValueError("a layout-conditional discriminator needs a layout")
             maps = layout_one_hot(layout, self.layout_classes, images.shape[-2:], images.dtype)
             inputs = torch.cat([inputs, maps], dim=1)
-        return self.head(self.trunk(inputs), labels if self.num_classes > 0 else None)
+        return self.head.judge(self.trunk(inputs), labels if self.num_classes > 0 else None)
 
 
 class RealFakeHead(nn.Module):
@@ -298,6 +310,7 @@ class RealFakeHead(nn.Module):
         pooling: "sum" (SNGAN, for a fully spectral-normalised discriminator) or "mean"
             (for a trunk without spectral norm, shared with other tasks: sum pooling there
             gives logits in the tens to hundreds, where the hinge loss is flat).
+        auxiliary_classes: > 0 adds a linear classifier on the mean-pooled features (AC-GAN).
     """
 
     def __init__(
@@ -307,6 +320,7 @@ class RealFakeHead(nn.Module):
         spectral_norm: bool = True,
         activation: float = 0.0,
         pooling: str = "sum",
+        auxiliary_classes: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in ("sum", "mean"):
@@ -319,9 +333,18 @@ class RealFakeHead(nn.Module):
         if num_classes > 0:
             embed = nn.Embedding(num_classes, in_channels)
             self.embed = _maybe_spectral_norm(embed, spectral_norm)
+        self.classifier: nn.Module | None = None
+        if auxiliary_classes > 0:
+            classifier = nn.Linear(in_channels, auxiliary_classes)
+            self.classifier = _maybe_spectral_norm(classifier, spectral_norm)
 
     def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits [B]; `labels` are required when the head has classes."""
+        return self.judge(features, labels)[0]
+
+    def judge(self, features: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits [B] and the auxiliary class logits [B, classes] (None without a classifier).
+        The classifier reads mean-pooled features, whose scale does not grow with the map."""
         activated = F.leaky_relu(self.conv(features), self.slope)
         pooled = activated.sum(dim=(2, 3)) if self.pooling == "sum" else activated.mean(dim=(2, 3))
         logits = self.linear(pooled).squeeze(1)
@@ -329,4 +352,6 @@ class RealFakeHead(nn.Module):
             if labels is None:
                 raise ValueError("a class-conditional discriminator head needs labels")
             logits = logits + (self.embed(labels) * pooled).sum(dim=1)
-        return logits
+        if self.classifier is None:
+            return logits, None
+        return logits, self.classifier(activated.mean(dim=(2, 3)))

@@ -23,7 +23,8 @@ Which losses each player's update sees:
     second player   G loss + semantic terms (own Adam)        D loss + lazy R1 (own Adam)
 
 Conditions (`condition`): `class` (class-conditional BatchNorm in the generator; projection
-discriminator, Miyato & Koyama 2018, with `own`), `layout` (SPADE generator, Park et al.
+discriminator, Miyato & Koyama 2018, with `own`, plus an AC-GAN auxiliary classifier in it
+with `auxiliary_weight` > 0, Odena et al. 2017), `layout` (SPADE generator, Park et al.
 2019, from the dataset's segmentation map; the layout is given to an own discriminator).
 The generator's EMA copy (`ema_decay`) makes the evaluation samples and pictures.
 """
@@ -140,6 +141,7 @@ class GANTask(Task):
         r1_gamma: float = 0.0,
         r1_every: int = 16,
         semantic_weight: float = 1.0,
+        auxiliary_weight: float = 0.0,
         player_lr: float | None = None,
         player_betas: tuple[float, float] = (0.0, 0.9),
         ema_decay: float = 0.99,
@@ -156,6 +158,7 @@ class GANTask(Task):
         self.shared, self.kind, self.n_critic = discriminator == "shared", loss, n_critic
         self.needs_shared_trunk = self.shared
         self.r1_gamma, self.r1_every, self.semantic_weight = r1_gamma, r1_every, semantic_weight
+        self.auxiliary_weight = self.check_auxiliary(auxiliary_weight)
         self.num_samples = num_samples
         self.generator = Generator(info.image_size, noise_dim, hidden, **self.conditioning())
         self.head, self.discriminator = self.discriminator_side(
@@ -164,15 +167,15 @@ class GANTask(Task):
         player = "generator" if self.shared else "discriminator"
         self.player_settings = {"lr": player_lr or TTUR[player], "betas": tuple(player_betas)}
         self.ema = ModelEMA(self.generator, ema_decay, ema_warmup)
-        # The run's seed is set before tasks are built: the noise stream follows it.
-        self.noise = torch.Generator().manual_seed(torch.initial_seed())
-        self.eval_noise = torch.Generator().manual_seed(EVAL_SEED)
         self.reference = self.find_reference(quality_features)
         self.metric_directions = self.reported_directions()
         self.start_state()
 
     def start_state(self) -> None:
         """What the task keeps between calls besides its configuration."""
+        # The run's seed is set before tasks are built: the noise stream follows it.
+        self.noise = torch.Generator().manual_seed(torch.initial_seed())
+        self.eval_noise = torch.Generator().manual_seed(EVAL_SEED)
         self.latest: dict[str, Tensor] = {}  # the latest training step's scalars
         self.penalised: Tensor | None = None  # this step's real images under R1 (shared)
         self.quality: SampleQuality | None = None  # made afresh at each evaluation
@@ -196,6 +199,16 @@ class GANTask(Task):
             )
         return Condition(kind, key, self.info.num_classes[key])
 
+    def check_auxiliary(self, weight: float) -> float:
+        """The AC-GAN weight, which needs an own discriminator and a class condition."""
+        if weight > 0 and (self.shared or self.condition.kind != "class"):
+            raise UserError(
+                f"tasks.{self.name}.auxiliary_weight needs discriminator=own and "
+                "condition=class; with a shared discriminator the run's own class head is "
+                "the auxiliary classifier (semantic_weight)"
+            )
+        return weight
+
     def conditioning(self) -> dict[str, int]:
         """The class counts a conditional generator or discriminator is built with."""
         classes = self.condition.classes
@@ -212,9 +225,11 @@ class GANTask(Task):
         if self.shared:
             head = RealFakeHead(in_channels, spectral_norm=spectral_norm, pooling="mean")
             return head, None
+        auxiliary = self.condition.classes if self.auxiliary_weight > 0 else 0
         network = Discriminator(
-            self.info.image_size, hidden, spectral_norm=spectral_norm, **self.conditioning()
-        )
+            self.info.image_size, hidden, spectral_norm=spectral_norm,
+            auxiliary_classes=auxiliary, **self.conditioning(),
+        )  # fmt: skip
         return GeneratorHead(self.generator), CountedDiscriminator(network)
 
     def find_reference(self, setting: str) -> ReferenceNetwork | None:
@@ -282,9 +297,20 @@ class GANTask(Task):
             return {"layout": condition}
         return {}
 
-    def discriminate(self, images: Tensor, condition: Tensor | None) -> Tensor:
+    def discriminate(
+        self, images: Tensor, condition: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The own discriminator's logits and its auxiliary class logits (None without)."""
         assert self.discriminator is not None
-        return self.discriminator.network(images, **self.condition_arguments(condition))
+        return self.discriminator.network.judge(images, **self.condition_arguments(condition))
+
+    def auxiliary_loss(self, class_logits: Tensor | None, condition: Tensor | None) -> Tensor:
+        """AC-GAN's term: the auxiliary classifier's cross-entropy against the condition,
+        times `auxiliary_weight` (0 without a classifier)."""
+        if class_logits is None or condition is None:
+            return torch.zeros(())
+        loss = torch.nn.functional.cross_entropy(class_logits.float(), condition)
+        return self.auxiliary_weight * loss
 
     def extra_inputs(self, target: dict[str, Tensor]) -> Tensor | None:
         """Generated images for the shared trunk to judge; on R1 steps also a copy of the real
@@ -303,9 +329,13 @@ class GANTask(Task):
 
     def loss(self, output: Tensor, target: dict[str, Tensor]) -> Tensor:
         if not self.shared:  # the model trains the generator against the own discriminator
-            fake_logits = self.discriminate(self.generate(target), target.get("condition"))
+            condition = target.get("condition")
+            fake_logits, classes = self.discriminate(self.generate(target), condition)
+            auxiliary = self.auxiliary_loss(classes, condition).to(fake_logits.device)
             self.latest = {"d_fake": fake_logits.detach().float().mean()}
-            return generator_loss(self.kind, fake_logits)
+            if classes is not None:
+                self.latest["g_auxiliary"] = auxiliary.detach()
+            return generator_loss(self.kind, fake_logits) + auxiliary
         count = len(target["image"])
         penalised = self.penalised if len(output) > 2 * count else None
         real, fake = output[:count], output[count : 2 * count]
@@ -539,13 +569,17 @@ class DiscriminatorPlayer(Player):
         if regularise:
             real = real.detach().requires_grad_(True)
         condition = target.get("condition")
-        real_logits = gan.discriminate(real, condition)
-        fake_logits = gan.discriminate(fake, condition)
+        real_logits, real_classes = gan.discriminate(real, condition)
+        fake_logits, _ = gan.discriminate(fake, condition)
         loss = discriminator_loss(gan.kind, real_logits, fake_logits)
         reported = {
             "d_real": real_logits.detach().float().mean(),
             "d_fake": fake_logits.detach().float().mean(),
         }
+        if real_classes is not None:  # AC-GAN: the classifier learns from real images only
+            auxiliary = gan.auxiliary_loss(real_classes, condition).to(loss.device)
+            reported["d_auxiliary"] = auxiliary.detach()
+            loss = loss + auxiliary
         if regularise:
             penalty = r1_penalty(real_logits, real)
             reported["r1"] = penalty.detach()
