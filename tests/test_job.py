@@ -203,3 +203,14 @@ def test_run_folder_names_say_what_ran(saved_run: Path) -> None:
     assert run_name(OmegaConf.create({}), None) == "notasks_noweighting"
     assert run_name(OmegaConf.create({"a/b": {}}), "sum") == "a-b_sum"
     assert run_name(OmegaConf.create({"gen": {}}), "sum", str(saved_run)) == "cls-seg_uw_resumed"
+
+
+def test_the_defaults_compose_also_outside_a_hydra_job() -> None:
+    """A launcher's worker process may have no Hydra of its own to compose with."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtlrun.cli import default_config
+
+    assert not GlobalHydra.instance().is_initialized()
+    defaults = default_config()
+    assert defaults.hydra.runtime.choices.weighting == "sum" and defaults.trainer.epochs == 6

@@ -176,19 +176,29 @@ def show_config(
     cfg: DictConfig, console: "Console", choices: dict[str, Any], overrides: list[str]
 ) -> None:
     """`trainer.print_config`: `changes` (what differs from the defaults), `full` or `none`."""
-    from hydra import compose
-
     from mtlrun.job import config_changes
 
     mode = str(cfg.trainer.get("print_config", "changes"))
     if mode == "full":
         console.print_config(cfg)
     elif mode == "changes":
-        defaults = compose("config", return_hydra_config=True)
+        defaults = default_config()
         default_choices = dict(defaults.hydra.runtime.choices)
         with open_dict(defaults):
             del defaults["hydra"]
         console.print_changes(config_changes(cfg, defaults, choices, default_choices, overrides))
+
+
+def default_config() -> DictConfig:
+    """The config without overrides, with Hydra's node (its `runtime.choices`). Composed
+    with this job's Hydra where there is one, else (a launcher's worker process) afresh."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", return_hydra_config=True)
 
 
 def is_secondary_process() -> bool:
