@@ -332,6 +332,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
     result = run([*mtlrun_command, *arguments], finished.cwd)
     assert_one_line_error(result, [f"'{first_task}'", f"step {step}", "NaN"])
     (new_folder,) = set(finished.run_folders()) - folders_before
+    assert result.stderr.strip() in (new_folder / "cli.log").read_text()  # the log has it too
     assert not (new_folder / "checkpoints" / "last.pt").exists()
     assert not (new_folder / "metrics.json").exists()
     assert last.read_bytes() == before
