@@ -282,10 +282,10 @@ def test_the_trunk_is_skipped_only_when_no_head_reads_it(build_tiny_run, tmp_pat
 
 
 def test_the_auxiliary_classifier_term_is_the_cross_entropy_of_each_side(build_tiny_run, tmp_path):
-    """AC-GAN with an own discriminator: its classifier learns the condition from real
-    images (the discriminator's loss gains weight x cross-entropy on them), and the generator
-    is asked to make images it classifies as their condition (its loss gains the same term
-    on its own images)."""
+    """AC-GAN with an own discriminator: its classifier learns the condition of real and
+    generated images (the discriminator's loss gains weight x the cross-entropy on each),
+    and the generator is asked to make images it classifies as their condition (its loss
+    gains the same term on its own images)."""
     run = build_tiny_run(
         tmp_path, *OWN, "tasks.gan.condition=class", "tasks.gan.auxiliary_weight=0.5"
     )
@@ -294,11 +294,17 @@ def test_the_auxiliary_classifier_term_is_the_cross_entropy_of_each_side(build_t
     images, targets = first_batch(run)
     target = targets["gan"]
     labels = target["condition"]
+    noise_state = gan.noise.get_state()
     _, reported = player.loss(run.forward, images, target)  # (R1 needs gradients)
+    gan.noise.set_state(noise_state)
     with torch.no_grad():
+        fake = gan.generate(target)
         _, real_classes = player.module.network.judge(target["image"], labels)
+        _, fake_classes = player.module.network.judge(fake, labels)
     assert real_classes is not None and real_classes.shape == (len(labels), gan.condition.classes)
-    expected = 0.5 * torch.nn.functional.cross_entropy(real_classes, labels)
+    assert fake_classes is not None
+    cross_entropy = torch.nn.functional.cross_entropy
+    expected = 0.5 * (cross_entropy(real_classes, labels) + cross_entropy(fake_classes, labels))
     torch.testing.assert_close(reported["d_auxiliary"], expected)
     # The generator's side: its adversarial loss plus the term on its images.
     with torch.no_grad():
