@@ -317,3 +317,19 @@ def test_the_auxiliary_classifier_term_is_the_cross_entropy_of_each_side(build_t
     auxiliary = 0.5 * torch.nn.functional.cross_entropy(fake_classes, labels)
     torch.testing.assert_close(gan.latest["g_auxiliary"], auxiliary)
     torch.testing.assert_close(generator_side, -fake_logits.mean() + auxiliary)
+
+
+def test_reconstruction_pictures_are_titled_and_enlarged(build_tiny_run, tmp_path):
+    """`gen` shows input | reconstruction under column titles, at least 96 px a tile, and
+    the VAE's samples at the same size."""
+    run = build_tiny_run(tmp_path, "tasks=[gen]", "tasks.gen.variant=vae")
+    gen = run.tasks["gen"]
+    batch = next(iter(run.data.val_batches()))
+    images = batch["image"][:2]
+    target = gen.select_target(batch["targets"])[:2]
+    _, output = run.model(images)
+    pictures = gen.pictures(images, output["gen"], target)
+    columns = pictures["input_vs_reconstruction"]
+    assert columns.shape[1:] == (16 + 2 * 97 + 1, 2 * 97 + 1)  # a title band, two 96 px rows
+    assert (columns[:, :16] < 0.5).any()  # the titles are written
+    assert pictures["samples"].shape[-1] >= 2 * 96

@@ -16,7 +16,7 @@ from mtlrun.models.gan import Discriminator
 from mtlrun.players import ModelForward, Player
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import Mean
-from mtlrun.tasks.pictures import side_by_side
+from mtlrun.tasks.pictures import enlarged, titled_columns
 
 
 class GenerationHead(nn.Module):
@@ -168,11 +168,13 @@ class GenerationTask(Task):
     def pictures(
         self, images: Tensor, output: dict[str, Tensor], target: Tensor
     ) -> dict[str, Tensor]:
-        pictures = {"input_vs_reconstruction": side_by_side(target, output["image"])}
+        """Input | reconstruction under column titles; for `vae` also samples from noise."""
+        grid = titled_columns(["input", "reconstruction"], target, output["image"])
+        pictures = {"input_vs_reconstruction": grid}
         if self.variational:
             generator = torch.Generator().manual_seed(0)  # the same noise at every evaluation
-            samples = self.head.sample(len(images), generator)
-            pictures["samples"] = make_grid(samples.float().cpu(), nrow=4, padding=1, pad_value=1.0)
+            samples = enlarged(self.head.sample(len(images), generator).float().cpu())
+            pictures["samples"] = make_grid(samples, nrow=4, padding=1, pad_value=1.0)
         return pictures
 
 
