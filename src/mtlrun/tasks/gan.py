@@ -32,9 +32,8 @@ The generator's EMA copy (`ema_decay`) makes the evaluation samples and pictures
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
@@ -53,7 +52,7 @@ from mtlrun.quality.features import ReferenceNetwork, load_reference, reference_
 from mtlrun.quality.sample_quality import SampleQuality
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.metrics import ConfusionMatrix
-from mtlrun.tasks.pictures import colourise
+from mtlrun.tasks.pictures import colourise, from_pil, label_font
 
 CONDITIONS = ("none", "class", "layout")
 DISCRIMINATORS = ("shared", "own")
@@ -477,15 +476,14 @@ def labelled_grid(images: Tensor, columns: int, row_names: list[str]) -> Tensor:
     picture = grid(images, columns)
     rows = len(row_names)
     row_height = (picture.shape[1] - GRID_PADDING) // rows - GRID_PADDING
-    font = ImageFont.load_default(size=LABEL_FONT_SIZE)
+    font = label_font(LABEL_FONT_SIZE)
     width = max(int(font.getbbox(name)[2]) for name in row_names) + 2 * GRID_PADDING + 6
     column = Image.new("RGB", (width, picture.shape[1]), "white")
     draw = ImageDraw.Draw(column)
     for row, name in enumerate(row_names):
         middle = GRID_PADDING + row * (row_height + GRID_PADDING) + row_height // 2
         draw.text((4, middle), name, fill="black", font=font, anchor="lm")
-    text = torch.from_numpy(np.asarray(column).copy()).permute(2, 0, 1).float() / 255
-    return torch.cat([text, picture], dim=2)
+    return torch.cat([from_pil(column), picture], dim=2)
 
 
 def process_slot() -> tuple[int, int]:

@@ -117,7 +117,8 @@ TILE = 96  # pictures' tiles are enlarged (nearest) to at least this many pixels
 TEXT = 11  # label font size, pixels
 
 
-def _font(size: int = TEXT) -> Any:
+def label_font(size: int = TEXT) -> Any:
+    """Pillow's built-in font at `size` pixels (no font file needed), for every label."""
     from PIL import ImageFont
 
     return ImageFont.load_default(size=size)
@@ -148,7 +149,7 @@ def text_band(width: int, texts: list[str], positions: list[int], height: int = 
 
     band = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(band)
-    font = _font()
+    font = label_font()
     for text, x in zip(texts, positions, strict=True):
         draw.text((x, height // 2), text, fill="black", font=font, anchor="mm")
     return from_pil(band)
@@ -181,7 +182,7 @@ def legend(names: list[str], colours: list[tuple[float, float, float]], width: i
     """Coloured squares with their class names, wrapped into rows `width` pixels wide."""
     from PIL import Image, ImageDraw
 
-    font, box, gap, row_height = _font(), 10, 10, 16
+    font, box, gap, row_height = label_font(), 10, 10, 16
     widths = [box + 4 + int(font.getlength(name)) + gap for name in names]
     rows, x = 1, 4
     for item in widths:
@@ -230,7 +231,7 @@ def colour_bar(low: float, high: float, width: int, label: str) -> Tensor:
     canvas = to_pil(torch.ones(3, 26, width))
     canvas.paste(to_pil(strip), (70, 3))
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = label_font()
     draw.text((66, 8), f"{low:.3g}", fill="black", font=font, anchor="rm")
     draw.text((74 + bar_width, 8), f"{high:.3g}", fill="black", font=font, anchor="lm")
     draw.text((70 + bar_width // 2, 20), label, fill="black", font=font, anchor="mm")
@@ -249,7 +250,7 @@ def confusion_picture(matrix: Tensor, names: list[str]) -> Tensor:
     shaded by its share of its row and labelled with its count."""
     from PIL import Image, ImageDraw
 
-    font = _font()
+    font = label_font()
     count = len(names)
     cell = max(28, min(56, 560 // max(count, 1)))
     margin = 12 + max(int(font.getlength(name)) for name in names) if names else 20
