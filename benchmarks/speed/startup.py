@@ -18,7 +18,7 @@ from typing import Any
 from speed.common import BENCHMARKS_DIR, Section, Settings, median, verdict
 from speed.workers import run_for_result
 
-MARKER = "step 1 "
+MARKER = "step 1/"
 SMOKE_ARGUMENTS = ("experiment=smoke", "trainer.log_every_n_steps=1", "trainer.progress=plain")
 BASELINE_CODE = "import torch, torchvision"
 GOAL = 1.3
