@@ -28,6 +28,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from gradient_families import FAMILIES, family
 from mtlrun.weighting.aligned_mtl import AlignedMTL
 from mtlrun.weighting.base import GradientWeighting, StepContext
 from mtlrun.weighting.cagrad import CAGrad
@@ -53,24 +54,8 @@ tj = pytest.importorskip("torchjd.aggregation")
 QuadprogProjector = pytest.importorskip("torchjd._linalg").QuadprogProjector
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-FAMILIES = ["random", "opposite", "zero", "collinear", "spread"]
 TASKS = [2, 3, 5]
 SIZES = [12, 10_000]  # P: gradients of a few and of ten thousand parameters
-
-
-def family(name: str, tasks: int, size: int = 12, seed: int = 0) -> Tensor:
-    """[T, P] float64 gradients of one family (as in tests/test_weighting_degenerate.py)."""
-    generator = torch.Generator().manual_seed(seed + 7 * tasks)
-    grads = torch.randn(tasks, size, generator=generator, dtype=torch.float64)
-    if name == "opposite":
-        grads[1] = -grads[0]
-    elif name == "zero":
-        grads[0] = 0
-    elif name == "collinear":
-        grads = grads[:1] + 1e-6 * grads
-    elif name == "spread":
-        grads = grads * torch.logspace(-3, 3, tasks, dtype=torch.float64)[:, None]
-    return grads
 
 
 def ours(cls: type[GradientWeighting], grads: Tensor, **kwargs: object) -> Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from gradient_families import FAMILIES, family
 from mtlrun.errors import UserError
 from mtlrun.weighting import StepContext, Weighting
 from mtlrun.weighting.base import GradientWeighting
@@ -27,22 +28,6 @@ from mtlrun.weighting.robust import Krum, TrimmedMean
 from mtlrun.weighting.solvers import min_norm_weights
 from mtlrun.weighting.stch import STCH
 from mtlrun.weighting.upgrad import UPGrad
-
-FAMILIES = ["random", "opposite", "zero", "collinear", "spread"]
-
-
-def family(name: str, tasks: int, size: int = 12, seed: int = 0) -> Tensor:
-    generator = torch.Generator().manual_seed(seed + 7 * tasks)
-    grads = torch.randn(tasks, size, generator=generator, dtype=torch.float64)
-    if name == "opposite":
-        grads[1] = -grads[0]
-    elif name == "zero":
-        grads[0] = 0
-    elif name == "collinear":
-        grads = grads[:1] + 1e-6 * grads
-    elif name == "spread":
-        grads = grads * torch.logspace(-3, 3, tasks, dtype=torch.float64)[:, None]
-    return grads
 
 
 def make(cls: type[Weighting], tasks: int, **kwargs: object) -> Weighting:
