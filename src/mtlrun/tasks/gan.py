@@ -303,11 +303,10 @@ class GANTask(Task):
         assert self.discriminator is not None
         return self.discriminator.network.judge(images, **self.condition_arguments(condition))
 
-    def auxiliary_loss(self, class_logits: Tensor | None, condition: Tensor | None) -> Tensor:
-        """AC-GAN's term: the auxiliary classifier's cross-entropy against the condition,
-        times `auxiliary_weight` (0 without a classifier)."""
-        if class_logits is None or condition is None:
-            return torch.zeros(())
+    def auxiliary_loss(self, class_logits: Tensor, condition: Tensor | None) -> Tensor:
+        """AC-GAN's term: the auxiliary classifier's cross-entropy against the condition
+        (a class condition: the classifier exists only with one), times `auxiliary_weight`."""
+        assert condition is not None
         loss = torch.nn.functional.cross_entropy(class_logits.float(), condition)
         return self.auxiliary_weight * loss
 
@@ -330,11 +329,13 @@ class GANTask(Task):
         if not self.shared:  # the model trains the generator against the own discriminator
             condition = target.get("condition")
             fake_logits, classes = self.discriminate(self.generate(target), condition)
-            auxiliary = self.auxiliary_loss(classes, condition).to(fake_logits.device)
             self.latest = {"d_fake": fake_logits.detach().float().mean()}
+            loss = generator_loss(self.kind, fake_logits)
             if classes is not None:
+                auxiliary = self.auxiliary_loss(classes, condition)
                 self.latest["g_auxiliary"] = auxiliary.detach()
-            return generator_loss(self.kind, fake_logits) + auxiliary
+                loss = loss + auxiliary
+            return loss
         count = len(target["image"])
         penalised = self.penalised if len(output) > 2 * count else None
         real, fake = output[:count], output[count : 2 * count]
@@ -578,8 +579,9 @@ class DiscriminatorPlayer(Player):
             # AC-GAN's L_C (Odena et al. 2017): the classifier learns the condition of real
             # and of generated images; trained on real ones alone, it gave the generator
             # no class signal it could follow (MNIST: 12% of samples in their class).
-            auxiliary = gan.auxiliary_loss(real_classes, condition).to(loss.device)
-            auxiliary = auxiliary + gan.auxiliary_loss(fake_classes, condition).to(loss.device)
+            assert fake_classes is not None  # one network judged both
+            auxiliary = gan.auxiliary_loss(real_classes, condition)
+            auxiliary = auxiliary + gan.auxiliary_loss(fake_classes, condition)
             reported["d_auxiliary"] = auxiliary.detach()
             loss = loss + auxiliary
         if regularise:
