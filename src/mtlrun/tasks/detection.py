@@ -18,7 +18,9 @@ from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.detection_metrics import DetectionAP, rank_within_groups
 from mtlrun.tasks.pictures import box_legend, draw_boxes, side_by_side, stack, titled
 
-Detections = list[dict[str, Tensor]]  # per image {"boxes": (n, 4), "scores": (n,), "labels": (n,)}
+# per image {"boxes": (n, 4), "scores": (n,), "labels": (n,), "locations": (n,)}, the last
+# the index of the feature-map cell (row-major) each box came from
+Detections = list[dict[str, Tensor]]
 
 
 def conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -78,16 +80,22 @@ class FCOSHead(nn.Module):
         nn.init.constant_(self.class_logits.bias, prior_logit)
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
+        return self.predict(features)[0]
+
+    def predict(self, features: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The output maps, with the reduced (upsampled) features and the regression tower's
+        features they came from, for heads that build on them (instance masks)."""
         shared = self.upsample(self.reduce(features))
         box_features = self.box_tower(shared)
         # exp in float32: bf16 keeps ~3 significant digits, too coarse for pixel distances;
         # the clamp keeps a diverging step from overflowing to inf.
         regression = self.box_regression(box_features).float().clamp(max=10.0)
-        return {
+        output = {
             "logits": self.class_logits(self.class_tower(shared)),
             "distances": torch.exp(regression) * self.stride,
             "centerness": self.centerness(box_features),
         }
+        return output, shared, box_features
 
 
 def locations(height: int, width: int, stride: int, device: torch.device) -> Tensor:
@@ -163,6 +171,36 @@ def centerness_target(distances: Tensor) -> Tensor:
     return torch.sqrt(ratio_x * ratio_y)
 
 
+def fcos_losses(
+    points: Tensor, output: dict[str, Tensor], labels: Tensor, boxes: Tensor,
+    focal_alpha: float, focal_gamma: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """FCOS's three loss terms from the head's maps and the `encode`d targets (labels (B, L),
+    -1 = background; boxes (B, L, 4)): the sigmoid focal loss over all locations and classes
+    (Lin et al. 2017) and the centerness BCE at positive locations, each divided by the
+    number of positive locations, and the GIoU loss (Rezatofighi et al. 2019) of the boxes at
+    positive locations, weighted by their centerness targets and divided by their sum."""
+    logits, distances, centerness = flatten_output(output)
+    positive = labels >= 0
+    num_positive = positive.sum().clamp(min=1).float()
+    class_target = F.one_hot(labels.clamp(min=0), logits.shape[-1]) * positive[..., None]
+    class_loss = sigmoid_focal_loss(
+        logits, class_target.float(), focal_alpha, focal_gamma, reduction="sum"
+    )
+    predicted = distance_boxes(points, distances)
+    # Background locations get their own prediction as target: finite, and weighted 0.
+    boxes = torch.where(positive[..., None], boxes, predicted.detach())
+    centre = torch.where(positive, centerness_target(box_distances(points, boxes)), 0.0)
+    box_loss = (generalized_box_iou_loss(predicted, boxes) * centre).sum()
+    centre_loss = F.binary_cross_entropy_with_logits(centerness, centre, reduction="none")
+    centre_loss = (centre_loss * positive).sum()
+    return (
+        class_loss / num_positive,
+        centre_loss / num_positive,
+        box_loss / centre.sum().clamp(min=1e-6),
+    )
+
+
 def decode(
     logits: Tensor, distances: Tensor, centerness: Tensor, points: Tensor,
     image_size: tuple[int, int], score_threshold: float, nms_iou: float,
@@ -197,8 +235,12 @@ def decode(
     kept = kept[torch.sort(image[kept], stable=True).indices]  # by image, best first within
     kept = kept[rank_within_groups(image[kept]) < max_detections]
     sizes = torch.bincount(image[kept], minlength=batch).tolist()
+    location = location[keep][kept].split(sizes)
     parts = (boxes[kept].split(sizes), top_scores[kept].split(sizes), label[kept].split(sizes))
-    return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(*parts, strict=True)]
+    return [
+        {"boxes": b, "scores": s, "labels": c, "locations": where}
+        for b, s, c, where in zip(*parts, location, strict=True)
+    ]
 
 
 class DetectionTask(Task):
@@ -265,23 +307,11 @@ class DetectionTask(Task):
 
     def loss(self, output: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
         points = self._points(output)
-        logits, distances, centerness = flatten_output(output)
-        boxes, labels = target["boxes"], target["labels"]
-        labels, boxes = encode(boxes, labels, points, self.stride, self.center_radius)
-        positive = labels >= 0
-        num_positive = positive.sum().clamp(min=1).float()
-        class_target = F.one_hot(labels.clamp(min=0), logits.shape[-1]) * positive[..., None]
-        class_loss = sigmoid_focal_loss(
-            logits, class_target.float(), self.focal_alpha, self.focal_gamma, reduction="sum"
+        labels, boxes = encode(
+            target["boxes"], target["labels"], points, self.stride, self.center_radius
         )
-        predicted = distance_boxes(points, distances)
-        # Background locations get their own prediction as target: finite, and weighted 0.
-        boxes = torch.where(positive[..., None], boxes, predicted.detach())
-        centre = torch.where(positive, centerness_target(box_distances(points, boxes)), 0.0)
-        box_loss = (generalized_box_iou_loss(predicted, boxes) * centre).sum()
-        centre_loss = F.binary_cross_entropy_with_logits(centerness, centre, reduction="none")
-        centre_loss = (centre_loss * positive).sum()
-        return (class_loss + centre_loss) / num_positive + box_loss / centre.sum().clamp(min=1e-6)
+        terms = fcos_losses(points, output, labels, boxes, self.focal_alpha, self.focal_gamma)
+        return terms[0] + terms[1] + terms[2]
 
     def detect(self, output: dict[str, Tensor], score_threshold: float | None = None) -> Detections:
         """Boxes, scores and labels per image from the head's output."""

@@ -166,7 +166,22 @@ def average_precision(
     if ((truths.labels < 0) | (truths.labels >= num_classes)).any():
         raise ValueError(f"ground-truth labels must lie in 0..{num_classes - 1}")
     labels, scores, matched = _match(detections, truths, num_classes, max_detections)
-    num_truths = torch.bincount(truths.labels, minlength=num_classes)
+    return precision_table(labels, scores, matched, truths.labels, num_classes)
+
+
+def precision_table(
+    labels: Tensor, scores: Tensor, matched: Tensor, truth_labels: Tensor, num_classes: int
+) -> Tensor:
+    """COCOeval's accumulation: (IoU thresholds, recall thresholds, classes) precision from
+    matched detections.
+
+    Args:
+        labels, scores: (N,) of the kept detections, in image order (within an image, any).
+        matched: (T, N) whether each detection is matched at each IoU threshold.
+        truth_labels: (G,) classes of every ground-truth object.
+        num_classes: number of classes; those without ground truth hold -1.
+    """
+    num_truths = torch.bincount(truth_labels, minlength=num_classes)
     precision = torch.full(
         (len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), num_classes), -1.0, dtype=torch.float64
     )
