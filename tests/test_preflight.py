@@ -19,6 +19,7 @@ from mtlrun.tasks.classification import ClassificationTask
 from mtlrun.tasks.depth import DepthTask
 from mtlrun.tasks.detection import DetectionTask
 from mtlrun.tasks.generation import GenerationTask
+from mtlrun.tasks.instance import InstanceTask
 from mtlrun.tasks.multilabel import MultiLabelTask
 from mtlrun.tasks.segmentation import SegmentationTask
 
@@ -26,8 +27,8 @@ SIDE, COUNT = 16, 4
 INFO = DatasetInfo(
     name="mine",
     image_size=(SIDE, SIDE),
-    targets=frozenset({"cls", "seg", "depth", "gen", "attr", "det"}),
-    num_classes={"cls": 5, "seg": 3, "det": 2, "attr": 3},
+    targets=frozenset({"cls", "seg", "depth", "gen", "attr", "det", "inst"}),
+    num_classes={"cls": 5, "seg": 3, "det": 2, "attr": 3, "inst": 2},
     class_names={"attr": ["a", "b", "c"]},
 )
 
@@ -41,11 +42,14 @@ def tasks() -> dict[str, Task]:
         "gen": GenerationTask("gen", **shape),
         "attr": MultiLabelTask("attr", **shape),
         "det": DetectionTask("det", **shape),
+        "inst": InstanceTask("inst", **shape),
     }
 
 
 def good_batch() -> dict[str, Any]:
     boxes = torch.tensor([[1.0, 1.0, 8.0, 8.0], [0.0, 0.0, 0.0, 0.0]]).expand(COUNT, 2, 4)
+    masks = torch.zeros(COUNT, 2, SIDE, SIDE, dtype=torch.bool)
+    masks[:, 0, 1:8, 1:8] = True
     return {
         "image": torch.rand(COUNT, 3, SIDE, SIDE),
         "targets": {
@@ -55,6 +59,7 @@ def good_batch() -> dict[str, Any]:
             "gen": torch.rand(COUNT, 3, SIDE, SIDE),
             "attr": torch.randint(0, 2, (COUNT, 3)),
             "det": {"boxes": boxes.clone(), "labels": torch.tensor([[1, -1]] * COUNT)},
+            "inst": {"masks": masks, "labels": torch.tensor([[0, -1]] * COUNT)},
         },
     }
 
@@ -145,6 +150,36 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], None], list[str]]] = {
         ["task 'attr'", "0/1"],
     ),
     "box outside the image": (box_outside, ["task 'det'", "outside the 16x16 image"]),
+    "instance masks as uint8": (
+        set_target(
+            "inst",
+            {
+                "masks": torch.zeros(COUNT, 2, SIDE, SIDE, dtype=torch.uint8),
+                "labels": torch.tensor([[0, -1]] * COUNT),
+            },
+        ),
+        ["task 'inst'", "['masks']", "torch.bool"],
+    ),
+    "instance labels beyond num_classes": (
+        set_target(
+            "inst",
+            {
+                "masks": torch.zeros(COUNT, 2, SIDE, SIDE, dtype=torch.bool),
+                "labels": torch.tensor([[0, 5]] * COUNT),
+            },
+        ),
+        ["task 'inst'", "0..1", "or -1"],
+    ),
+    "fewer instance labels than masks": (
+        set_target(
+            "inst",
+            {
+                "masks": torch.zeros(COUNT, 3, SIDE, SIDE, dtype=torch.bool),
+                "labels": torch.tensor([[0, -1]] * COUNT),
+            },
+        ),
+        ["task 'inst'", "3 mask slots but 2 labels"],
+    ),
     "boxes without labels": (
         set_target("det", {"boxes": torch.zeros(COUNT, 2, 4)}),
         ["task 'det'", "labels"],

@@ -144,7 +144,7 @@ def test_batch_contract_shapes_and_dtypes(compose_tiny: ComposeConfig) -> None:
     size, slots = cfg.dataset.image_size, cfg.dataset.max_objects
     classes = len(cfg.dataset.shapes)
     image, targets = batch["image"], batch["targets"]
-    assert set(targets) == set(data.info.targets) == {"cls", "seg", "det", "depth", "gen"}
+    assert set(targets) == set(data.info.targets) == {"cls", "seg", "det", "inst", "depth", "gen"}
     assert image.dtype == torch.float32 and image.shape == (8, 3, size, size)
     assert image.min() >= 0 and image.max() <= 1
     assert targets["cls"].dtype == torch.long and targets["cls"].shape == (8,)
@@ -153,11 +153,19 @@ def test_batch_contract_shapes_and_dtypes(compose_tiny: ComposeConfig) -> None:
     boxes, labels = targets["det"]["boxes"], targets["det"]["labels"]
     assert boxes.dtype == torch.float32 and boxes.shape == (8, slots, 4)
     assert labels.dtype == torch.long and labels.shape == (8, slots)
+    masks = targets["inst"]["masks"]
+    assert masks.dtype == torch.bool and masks.shape == (8, slots, size, size)
+    assert torch.equal(targets["inst"]["labels"], labels)
     assert torch.equal(targets["gen"], image)
     assert targets["cls"].min() >= 0 and targets["cls"].max() < classes
     assert targets["seg"].min() >= 0 and targets["seg"].max() <= classes
     assert labels.min() >= -1 and labels.max() < classes
-    assert data.info.num_classes == {"cls": classes, "seg": classes + 1, "det": classes}
+    assert data.info.num_classes == {
+        "cls": classes,
+        "seg": classes + 1,
+        "det": classes,
+        "inst": classes,
+    }
     assert data.info.image_size == (size, size)
 
 

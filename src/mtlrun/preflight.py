@@ -31,6 +31,7 @@ ROW_OF_TASK = {
     "MultiLabelTask": "attr",
     "LandmarksTask": "landmarks",
     "DetectionTask": "det",
+    "InstanceTask": "inst",
 }
 
 
@@ -179,11 +180,12 @@ def check_tensor(
 
 def check_values(value: Any, row: str, info: DatasetInfo, task: Task, context: str) -> None:
     """Class labels within the dataset's classes, finite depth, 0/1 attributes, boxes inside
-    the image."""
+    the image, one label per instance mask."""
     kind = CONTRACT[row].kind
-    if kind in ("classification", "segmentation", "detection"):
-        labels = value["labels"] if kind == "detection" else value
-        allowed = -1 if kind == "detection" else getattr(task, "ignore_index", None)
+    if kind in ("classification", "segmentation", "detection", "instances"):
+        padded = kind in ("detection", "instances")
+        labels = value["labels"] if padded else value
+        allowed = -1 if padded else getattr(task, "ignore_index", None)
         check_labels(labels, info, task, allowed, context)
     checks: dict[str, Callable[[], tuple[bool, str]]] = {
         "depth": lambda: (bool(torch.isfinite(value).all()), "NaN or inf; mark them 0 (invalid)"),
@@ -194,6 +196,11 @@ def check_values(value: Any, row: str, info: DatasetInfo, task: Task, context: s
         ),
         "attributes": lambda: (bool(((value == 0) | (value == 1)).all()), "values other than 0/1"),
         "detection": lambda: boxes_inside(value, info),
+        "instances": lambda: (
+            value["masks"].shape[1] == value["labels"].shape[1],
+            f"{value['masks'].shape[1]} mask slots but {value['labels'].shape[1]} labels; "
+            "give one label per mask (-1 for padding)",
+        ),
     }
     check = checks.get(kind)
     if check is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-TENSOR_NAMES = {torch.float32: "FloatTensor", torch.int64: "LongTensor"}
+TENSOR_NAMES = {torch.float32: "FloatTensor", torch.int64: "LongTensor", torch.bool: "BoolTensor"}
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class TensorSpec:
         dtype: its dtype.
         shape: its sizes after the batch axis: ints are fixed, "H" and "W" are the image's
             height and width, other letters a size of the dataset's own (A attributes,
-            K landmarks, M box slots).
+            K landmarks, M box or instance slots).
     """
 
     dtype: torch.dtype
@@ -76,6 +76,17 @@ CONTRACT: dict[str, TargetSpec] = {
         {"boxes": TensorSpec(torch.float32, ("M", 4)), "labels": TensorSpec(torch.int64, ("M",))},
         "boxes (x1, y1, x2, y2) in pixels; an image with fewer than M objects is padded "
         "with label -1 and an all-zero box (padding is masked by `labels >= 0`)",
+    ),
+    "inst": TargetSpec(
+        "instances",
+        {
+            "masks": TensorSpec(torch.bool, ("M", "H", "W")),
+            "labels": TensorSpec(torch.int64, ("M",)),
+        },
+        "each object's own (visible) pixels as one mask, with its class; an image with fewer "
+        "than M objects is padded with label -1 and an empty mask (padding is masked by "
+        "`labels >= 0`; a real label with an empty mask, e.g. an object cropped away, counts "
+        "as padding too)",
     ),
     "attr": TargetSpec("attributes", TensorSpec(torch.int64, ("A",)), "0/1 per attribute"),
     "landmarks": TargetSpec(

@@ -7,6 +7,8 @@ farther ones, so every target is derived from what is visible:
     cls    class of the object with the largest visible area
     seg    per-pixel class (0 = background, k + 1 = shape k)
     det    boxes around the visible pixels of each object, padded with label -1
+    inst   each object's visible pixels as a mask, in the order of `det`'s boxes, padded
+           with label -1 and an empty mask
     depth  per-pixel distance (objects 2..8, background 8..10 receding upwards)
     gen    the image itself
 
@@ -96,9 +98,19 @@ def _info(image_size: int, shapes: list[str]) -> DatasetInfo:
     return DatasetInfo(
         name="shapes",
         image_size=(image_size, image_size),
-        targets=frozenset({"cls", "seg", "det", "depth", "gen"}),
-        num_classes={"cls": num_classes, "seg": num_classes + 1, "det": num_classes},
-        class_names={"cls": shapes, "seg": ["background", *shapes], "det": shapes},
+        targets=frozenset({"cls", "seg", "det", "inst", "depth", "gen"}),
+        num_classes={
+            "cls": num_classes,
+            "seg": num_classes + 1,
+            "det": num_classes,
+            "inst": num_classes,
+        },
+        class_names={
+            "cls": shapes,
+            "seg": ["background", *shapes],
+            "det": shapes,
+            "inst": shapes,
+        },
     )
 
 
@@ -226,13 +238,15 @@ class ShapesData:
         visible = visible & covered[:, None]
         area = visible.sum(dim=(2, 3))
         label = kind.gather(1, area.argmax(dim=1, keepdim=True)).squeeze(1)
-        boxes, labels = self._boxes(visible, area, kind)
+        boxes, labels, order = self._boxes(visible, area, kind)
+        masks = visible.gather(1, order[..., None, None].expand_as(visible))
         return {
             "image": image,
             "targets": {
                 "cls": label,
                 "seg": seg,
                 "det": {"boxes": boxes, "labels": labels},
+                "inst": {"masks": masks, "labels": labels},
                 "depth": depth.unsqueeze(1),
                 "gen": image,
             },
@@ -276,8 +290,9 @@ class ShapesData:
         painted = painted.view(batch, 3, size, size)
         return torch.where(covered[:, None], painted, canvas).clamp(0.0, 1.0)
 
-    def _boxes(self, visible: Tensor, area: Tensor, kind: Tensor) -> tuple[Tensor, Tensor]:
-        """Boxes around each object's visible pixels; hidden objects become padding."""
+    def _boxes(self, visible: Tensor, area: Tensor, kind: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Boxes around each object's visible pixels; hidden objects become padding. Also
+        returns the slot order of the boxes (real objects first), to order the masks."""
         size = self.image_size
         coords = torch.arange(size, device=self.device)
         columns = visible.any(dim=2)  # (B, N, W)
@@ -291,4 +306,4 @@ class ShapesData:
         labels = torch.where(present, kind, -1)
         # Real objects first, padding last, in slot order otherwise.
         order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)
-        return boxes.gather(1, order[..., None].expand(-1, -1, 4)), labels.gather(1, order)
+        return boxes.gather(1, order[..., None].expand(-1, -1, 4)), labels.gather(1, order), order
