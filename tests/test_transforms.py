@@ -126,6 +126,41 @@ def test_boxes_stay_on_the_object(seed: int) -> None:
     assert torch.allclose(clamped, torch.tensor(bright_box(moved["image"])).float(), atol=1.0)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_instance_masks_move_with_the_image(seed: int) -> None:
+    """Two objects (one partly hidden by the other) as a (M, H, W) bool `Mask` with labels:
+    after zoom-crop and flip each mask still covers its object's pixels and only those, the
+    labels are unchanged, and the masks still agree with the semantic map."""
+    image = torch.zeros(3, 48, 64)
+    masks = torch.zeros(3, 48, 64, dtype=torch.bool)  # the third slot is padding
+    masks[0, 8:30, 6:30] = True
+    masks[1, 20:40, 24:50] = True
+    masks[0] &= ~masks[1]  # object 1 is in front
+    image[0][masks[0]], image[1][masks[1]] = 1.0, 1.0
+    seg = (masks * torch.tensor([1, 2, 3])[:, None, None]).sum(0)
+    labels = torch.tensor([3, 1, -1])
+    sample = {
+        "image": tv_tensors.Image(image),
+        "targets": {
+            "inst": {"masks": tv_tensors.Mask(masks), "labels": labels},
+            "seg": tv_tensors.Mask(seg),
+        },
+    }
+    moved = augmented(sample, seed, scales=[1.0, 1.2, 1.5], hflip=0.5)
+    moved_masks = moved["targets"]["inst"]["masks"]
+    assert moved_masks.dtype == torch.bool and moved_masks.shape == (3, 48, 64)
+    assert torch.equal(moved["targets"]["inst"]["labels"], labels)
+    assert not moved_masks[2].any()
+    painted = (moved_masks * torch.tensor([1, 2, 3])[:, None, None]).sum(0)
+    assert torch.equal(painted, moved["targets"]["seg"])
+    for channel in range(2):
+        colour = moved["image"][channel] > 0.5
+        mask = moved_masks[channel]
+        # Nearest (masks) and bilinear (image) sampling may differ by a pixel at the edges.
+        union = (colour | mask).sum()
+        assert union > 0 and (colour & mask).sum() / union > 0.85
+
+
 def test_colour_jitter_changes_the_image_only() -> None:
     sample = dense_sample()
     jittered = augmented(sample, 0, scales=None, hflip=0.0, brightness=0.5, contrast=0.5)
