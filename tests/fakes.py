@@ -308,3 +308,14 @@ def write_folder(root: Path, count: int = 10) -> Path:
 
 
 FAKES["mtlrun.data.folder.FolderData"] = Fake(write_folder, ("cls",))
+
+
+def write_coco(root: Path) -> Path:
+    """COCO's layout ({root}/annotations/instances_{train2017,val2017}.json and the images
+    under {root}/{split}/) with a few pictures of shapes (see `learnable_fakes`)."""
+    from learnable_fakes import write_learnable_coco  # it builds on this module
+
+    return write_learnable_coco(root, train=4, val=2)
+
+
+FAKES["mtlrun.data.coco.CocoData"] = Fake(write_coco, ("det",))

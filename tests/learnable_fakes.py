@@ -17,6 +17,7 @@ functions of the pixels, so a protocol that learns must beat the chance level a 
 Every writer is seeded: the same call writes the same files.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -406,4 +407,78 @@ def write_learnable_pets(root: Path, trainval: int = 96, test: int = 32) -> Path
             number += 1
     for split, lines in lists.items():
         _write_lines(base / "annotations" / f"{split}.txt", lines)
+    return root
+
+
+# --------------------------------------------------------------------------- COCO
+
+# COCO-format categories, listed out of order with non-contiguous ids as real exports have
+# them; each is drawn in its own colour.
+COCO_CATEGORIES = (
+    {"id": 12, "name": "triangle", "supercategory": "shape"},
+    {"id": 3, "name": "circle", "supercategory": "shape"},
+    {"id": 7, "name": "square", "supercategory": "shape"},
+)
+SHAPE_COLOURS = {3: (230, 40, 40), 7: (40, 200, 40), 12: (50, 80, 240)}
+
+
+def shapes_picture(
+    generator: Generator, size: tuple[int, int], count: int
+) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
+    """A noisy picture of (width, height) `size` with `count` shapes, and each shape's
+    (category id, [x, y, width, height]) box around its drawn pixels."""
+    width, height = size
+    noise = generator.normal(110, 30, (height, width, 3))
+    picture = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    objects = []
+    for _ in range(count):
+        category = int(generator.choice(list(SHAPE_COLOURS)))
+        side = int(generator.integers(min(size) // 5, min(size) // 2.5))
+        x, y = int(generator.integers(0, width - side)), int(generator.integers(0, height - side))
+        box = (x, y, x + side - 1, y + side - 1)
+        if category == 3:
+            draw.ellipse(box, SHAPE_COLOURS[category])
+        elif category == 7:
+            draw.rectangle(box, SHAPE_COLOURS[category])
+        else:
+            draw.polygon(
+                [(x, y + side - 1), (x + side - 1, y + side - 1), (x + side // 2, y)],
+                SHAPE_COLOURS[category],
+            )
+        objects.append((category, [float(x), float(y), float(side), float(side)]))
+    return picture, objects
+
+
+def write_learnable_coco(
+    root: Path, train: int = 96, val: int = 32, splits: tuple[str, str] = ("train2017", "val2017")
+) -> Path:
+    """COCO's layout: {root}/annotations/instances_{split}.json and {root}/{split}/*.jpg,
+    pictures of 48..80 px with 1-3 `shapes_picture` shapes each. The first image of each split
+    also carries a crowd annotation and a box without area, which a reader must leave out."""
+    generator = np.random.default_rng(14)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count in zip(splits, (train, val), strict=True):
+        (root / split).mkdir(exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            size = (int(generator.integers(48, 81)), int(generator.integers(48, 81)))
+            picture, objects = shapes_picture(generator, size, int(generator.integers(1, 4)))
+            name = f"{index + 1:012d}.jpg"
+            picture.save(root / split / name, quality=92)
+            images.append({"id": index + 1, "file_name": name, "width": size[0], "height": size[1]})
+            if index == 0:
+                objects += [(3, [0.0, 0.0, 10.0, 10.0], 1), (7, [5.0, 5.0, 0.0, 4.0], 0)]  # type: ignore[list-item]
+            for category, box, *crowd in objects:
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
+                    "bbox": box, "area": box[2] * box[3], "iscrowd": crowd[0] if crowd else 0,
+                    "segmentation": [],
+                })  # fmt: skip
+        document = {
+            "images": images,
+            "annotations": annotations,
+            "categories": list(COCO_CATEGORIES),
+        }
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
     return root

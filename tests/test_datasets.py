@@ -53,6 +53,7 @@ DATASETS: dict[str, Fake] = {
 SETTINGS: dict[str, dict[str, Any]] = {
     "celeba": {"check_md5": False},  # fakes cannot match the real files' checksums
     "oxford_pets": {"image_size": 40},  # the fake's photographs are small; 224 would be slow
+    "coco": {"image_size": 40},
 }
 
 
