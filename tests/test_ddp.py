@@ -124,3 +124,19 @@ def test_feature_side_gradients_are_refused_under_ddp(tmp_path: Path) -> None:
     ).finish()
     assert job.returncode != 0
     assert "weighting.on=features cannot train data-parallel" in job.stderr
+
+
+def test_inst_trains_data_parallel(tmp_path: Path) -> None:
+    """Instance segmentation beside seg under two processes: every head parameter gets a
+    gradient at every step (none unused, even in a batch whose share holds no object), and
+    the run ends with its metrics. (Its loss is normalised by each process's own positive
+    locations, as `det`'s is, so it is not compared with one process here.)"""
+    arguments = [a for a in ARGUMENTS if not a.startswith("tasks=")]
+    folder = tmp_path / "run"
+    job = Started(
+        [*TORCHRUN, "-m", "mtlrun", *arguments, "tasks=[inst,seg]", "tasks.inst.hidden=16",
+         "trainer.strategy=ddp", f"hydra.run.dir={folder}"],
+        tmp_path,
+    ).finish()  # fmt: skip
+    assert_succeeded(job)
+    assert "val/inst/map50" in (folder / "metrics.json").read_text()

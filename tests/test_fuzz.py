@@ -97,7 +97,7 @@ def options(group: str) -> list[str]:
 
 def random_overrides(generator: random.Random) -> list[str]:
     """A few overrides: mostly sensible group picks, plus some deliberately bad ones."""
-    tasks = generator.sample(["cls", "seg", "gen", "det", "depth"], generator.randint(1, 3))
+    tasks = generator.sample(["cls", "seg", "gen", "det", "inst", "depth"], generator.randint(1, 3))
     if generator.random() < 0.1:
         tasks.append(generator.choice([*options("tasks"), "nosuchtask"]))
     picked = [f"tasks=[{','.join(tasks)}]"]

@@ -376,3 +376,67 @@ def test_inst_trains_and_reports_beside_every_task(build_tiny_run, tmp_path: Pat
     for key in ("map", "map50", "box_map", "box_map50"):
         assert 0.0 <= written[f"val/inst/{key}"] <= 1.0, key
     assert written["val/inst/map"] <= written["val/inst/map50"]
+
+
+# --- every weighting, sharing scheme, AMP and exact resume ------------------------------------
+
+SMALL = ("backbone.channels=[8,16]", "tasks.inst.hidden=16", "tasks.seg.hidden=16")
+
+
+def _weightings() -> list[str]:
+    from mtlrun.cli import config_dir
+
+    return sorted(path.stem for path in (config_dir() / "weighting").glob("*.yaml"))
+
+
+def _state(run) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in run.model.state_dict().items()}
+
+
+@pytest.mark.slow  # one tiny run per weighting
+@pytest.mark.parametrize("weighting", _weightings())
+def test_every_weighting_trains_inst_beside_seg(
+    weighting: str, build_tiny_run, tmp_path: Path
+) -> None:
+    """`inst`'s loss is one scalar of several terms: every weighting takes it as one task
+    (three tasks: krum and trimmed_mean need at least three)."""
+    run = build_tiny_run(tmp_path, "tasks=[inst,seg,cls]", f"weighting={weighting}", *SMALL)
+    before = _state(run)
+    metrics = fit(run)
+    assert np.isfinite(metrics["val/inst/loss"]) and 0.0 <= metrics["val/inst/map50"] <= 1.0
+    after = _state(run)
+    assert any(
+        not torch.equal(before[key], after[key])
+        for key in before
+        if ".head" in key or "inst" in key
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "setting",
+    ["model.sharing=soft", "model.sharing=cross_stitch", "trainer.amp=true", "backbone=resnet18"],
+)
+def test_inst_trains_under_every_sharing_scheme_and_amp(
+    setting: str, build_tiny_run, tmp_path: Path
+) -> None:
+    run = build_tiny_run(tmp_path, "tasks=[inst,cls]", setting, "tasks.inst.hidden=16")
+    metrics = fit(run)
+    assert np.isfinite(metrics["val/inst/loss"]) and 0.0 <= metrics["val/inst/map"] <= 1.0
+
+
+@pytest.mark.slow  # three tiny runs
+def test_resume_continues_inst_exactly_like_a_straight_run(build_tiny_run, tmp_path: Path) -> None:
+    chosen = ("tasks=[inst,seg]", *SMALL)
+    straight = build_tiny_run(tmp_path / "straight", *chosen, "trainer.epochs=2")
+    straight_metrics = fit(straight)
+    first = build_tiny_run(tmp_path / "first", *chosen, "trainer.epochs=1")
+    fit(first)
+    resumed = build_tiny_run(
+        tmp_path / "resumed", *chosen, "trainer.epochs=2", f"resume={first.output_dir}"
+    )
+    resumed_metrics = fit(resumed)
+    expected, got = _state(straight), _state(resumed)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    timeless = {key for key in straight_metrics if "wall" not in key}
+    assert {k: resumed_metrics[k] for k in timeless} == {k: straight_metrics[k] for k in timeless}

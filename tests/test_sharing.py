@@ -22,7 +22,7 @@ from mtlrun.models.sharing import CrossStitch, CrossStitchBackbones, TaskAdapter
 ComposeConfig = Callable[..., DictConfig]
 BuildRun = Callable[..., Run]
 SHARING = ["hard", "soft", "cross_stitch"]
-ALL_TASKS = "tasks=[cls,seg,gen,det,depth]"
+ALL_TASKS = "tasks=[cls,seg,gen,det,inst,depth]"
 SMALL = ("backbone.channels=[8,16]", "dataset.image_size=16", "trainer.threads=1")
 
 
