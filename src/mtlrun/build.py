@@ -1,5 +1,6 @@
 """Turn a composed config into a `Run`. The only module that calls `hydra.utils.instantiate`."""
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrun import checkpoint, schema
@@ -200,10 +201,42 @@ def settle(cfg: DictConfig, output_dir: Path) -> Setting:
 def build_data(cfg: DictConfig, setting: Setting) -> DataSource:
     """The dataset, bound to the run's batch size, seed, device and this process's share."""
     trainer, distributed = setting.trainer, setting.distributed
+    check_replaced_target(cfg.dataset)
     return make(
         "dataset", cfg.dataset, batch_size=trainer.batch_size, shuffle_seed=trainer.seed,
         device=setting.device, rank=distributed.rank, world_size=distributed.world_size,
     )  # fmt: skip
+
+
+def check_replaced_target(node: DictConfig) -> None:
+    """`dataset._target_=my_module.MyData` keeps every key of the option file whose class it
+    replaces; when the new class does not take some of them, one line names those keys and a
+    clean start (the schema's message would list them without saying where they came
+    from)."""
+    from mtlrun.cli import config_dir  # cli imports this module lazily too
+
+    target = str(node.get("_target_"))
+    try:
+        parameters = inspect.signature(get_object(target)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # schema.check names an unimportable target
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    keys = {str(key) for key in node if not str(key).startswith("_")}
+    for path in sorted((config_dir() / "dataset").glob("*.yaml")):
+        option = OmegaConf.load(path)
+        if not isinstance(option, DictConfig):
+            continue
+        inherited = {str(key) for key in option if not str(key).startswith("_")}
+        foreign = sorted(inherited - set(parameters))
+        if str(option.get("_target_")) != target and inherited <= keys and foreign:
+            raise UserError(
+                f"dataset._target_={target} kept the keys of dataset={path.stem} "
+                f"({', '.join(foreign)}), which it does not take; start from an empty node "
+                f"instead: '~dataset' +dataset._target_={target} +dataset._partial_=true "
+                "(and +dataset.KEY=VALUE for its own keys), or give it an option file "
+                "(my_conf/dataset/mine.yaml, then --config-dir my_conf dataset=mine)"
+            )
 
 
 def build_model(
