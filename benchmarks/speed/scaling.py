@@ -13,7 +13,7 @@ from speed.common import Section, Settings, base_overrides, built_run, compose_c
 from speed.loops import EngineLoop, TimedData
 from speed.workers import run_worker
 
-TASK_ORDER = ("cls", "seg", "gen", "depth", "det")
+TASK_ORDER = ("cls", "seg", "gen", "depth", "det", "inst")
 WORKER = "scaling"
 BUDGET_S = 240.0  # for the whole section (full mode); configurations past it are skipped
 
