@@ -2,8 +2,9 @@
 
 Built on `torchvision.transforms.v2`, which transforms every leaf of a sample by its type:
 `tv_tensors.Image` is interpolated bilinearly, `tv_tensors.Mask` (class maps, and the
-(M, H, W) bool stacks of instance masks, whose labels pass through) by nearest neighbour, `BoundingBoxes` and `KeyPoints` by their coordinates, and plain tensors or numbers
-(class labels) pass through. Dense regression targets get their own types here, so a
+(M, H, W) bool stacks of instance masks, whose labels pass through) by nearest neighbour,
+`BoundingBoxes` and `KeyPoints` by their coordinates, and plain tensors or numbers (class
+labels) pass through. Dense regression targets get their own types here, so a
 transform can also change their *values* where geometry demands it:
 
     DepthMap      depth, 0 = invalid; divided by s when the image is zoomed in s times
