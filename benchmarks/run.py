@@ -2,7 +2,8 @@
 
 Writes benchmarks/results/<machine>-<date>.json and .md and prints the Markdown report.
 Sections: runner overhead, data, start-up, weighting cost, scaling and memory, fast paths,
-GANs (a GAN step vs a bare GAN loop; FID evaluation cost).
+GANs (a GAN step vs a bare GAN loop; FID evaluation cost), file loaders (loaders.py: images/s
+and the wait for data at the protocols' sizes).
 Figures are ratios of two things timed side by side in one process, since absolute times
 drift on shared machines. `--quick` shrinks everything for development (~2.5 minutes on a
 quiet 2-core CPU); the full run takes about 10-12 minutes there (the GAN rows add ~1.5).
@@ -20,12 +21,15 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import loaders
 import torch
 from speed import data_speed, fast_paths, gan, overhead, report, scaling, startup, weighting_table
 from speed.common import BENCHMARKS_DIR, Section, Settings
 from speed.workers import report as report_to_parent
 
-SECTIONS = ("overhead", "data", "startup", "weighting", "scaling", "fast_paths", "gan")
+SECTIONS = (
+    "overhead", "data", "startup", "weighting", "scaling", "fast_paths", "gan", "loaders",
+)  # fmt: skip
 WORKERS = {"scaling": scaling.worker, "compile": fast_paths.compile_worker}
 
 
@@ -70,6 +74,7 @@ def section_runners(settings: Settings) -> dict[str, Callable[[], list[Section]]
         "scaling": lambda: scaling.measure(settings),
         "fast_paths": lambda: [fast_paths.measure(settings)],
         "gan": lambda: gan.measure(settings),
+        "loaders": lambda: [loaders.measure(settings)],
     }
 
 
