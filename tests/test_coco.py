@@ -4,6 +4,7 @@ to classes 0..n-1, crowd and empty boxes are left out, a broken layout is one li
 detection run learns the boxes of drawn shapes."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mtlrun.data.coco import CocoData
 from mtlrun.engine import fit
 from mtlrun.errors import UserError
 from mtlrun.tasks.detection_metrics import DetectionAP
+from processes import Finished, assert_one_line_error
 
 
 def open_coco(root: Path, **settings: object) -> CocoData:
@@ -118,3 +120,27 @@ def test_a_detection_run_learns_the_boxes_of_drawn_shapes(tmp_path: Path) -> Non
     metrics = fit(run)
     assert chance < 0.2, chance
     assert metrics["val/det/map50"] >= max(0.6, chance + 0.4), (metrics, chance)
+
+
+COMMAND = [
+    "dataset=coco", "tasks=[det]", "dataset.num_workers=0", "dataset.image_size=32",
+    "trainer.epochs=1", "trainer.batch_size=2", "trainer.device=cpu", "trainer.progress=none",
+    "trainer.threads=1",
+]  # fmt: skip
+
+
+def test_the_command_line_trains_on_a_coco_folder(
+    call_main: Callable[[list[str]], Finished], small: Path
+) -> None:
+    """What the README shows: `mtlrun dataset=coco dataset.root=<folder> 'tasks=[det]'`."""
+    result = call_main([f"dataset.root={small}", *COMMAND])
+    assert result.returncode == 0, result.output[-3000:]
+    metrics = json.loads(next(result.cwd.rglob("metrics.json")).read_text())
+    assert "val/det/map50" in metrics and "val/det/ap50/circle" in json.dumps(metrics)
+
+
+def test_a_missing_coco_folder_is_one_line(call_main: Callable[[list[str]], Finished]) -> None:
+    result = call_main(["dataset.root=nowhere", *COMMAND])
+    assert_one_line_error(
+        result, ["dataset 'coco' not found", "instances_{split}.json", "dataset.root="]
+    )
