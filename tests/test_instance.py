@@ -365,6 +365,17 @@ def test_pictures_have_a_tile_per_column() -> None:
     assert picture.min() >= 0 and picture.max() <= 1
 
 
+def test_tags_stay_inside_the_picture_and_apart() -> None:
+    """Crowded duplicates: each tag lies inside the picture, and none covers another."""
+    from mtlrun.tasks.pictures import _overlap, _tag_places
+
+    boxes = [[150, 2, 190, 40]] * 4 + [[0, 0, 30, 30]]
+    places = _tag_places(boxes, [(60, 14)] * 5, 192, 192)
+    for left, top, right, bottom in places:
+        assert 0 <= left < right <= 192 and 0 <= top < bottom <= 192
+    assert not any(_overlap(a, b) for i, a in enumerate(places) for b in places[i + 1 :])
+
+
 @pytest.mark.slow  # a training run of five tasks
 def test_inst_trains_and_reports_beside_every_task(build_tiny_run, tmp_path: Path) -> None:
     run = build_tiny_run(tmp_path, "tasks=[cls,det,seg,inst,gen]", "experiment=smoke")

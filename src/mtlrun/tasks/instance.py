@@ -293,7 +293,7 @@ class InstanceTask(Task):
     ) -> dict[str, Tensor]:
         """Input | ground truth | prediction (score >= draw_threshold), per row: every
         instance in its own colour, its box outlined and labelled with its class (and score)."""
-        scale = max(1, 128 // images.shape[-1])  # small images are enlarged so labels fit
+        scale = max(1, 192 // images.shape[-1])  # small images are enlarged so labels fit
         threshold = max(self.score_threshold, self.draw_threshold)
         detections = self.detect(output, threshold)
         real = (target["labels"] >= 0) & target["masks"].flatten(2).any(-1)

@@ -127,42 +127,79 @@ def draw_instances(
     names: list[str] | None = None,
     scores: list[Tensor] | None = None,
 ) -> Tensor:
-    """Each image with its instance masks ((n, H, W) bool) filled, each in its own colour
-    (`instance_colour`), and outlined by its box labelled with its class name and score,
-    as `draw_boxes` labels boxes. Returns (B, 3, H * scale, W * scale) in [0, 1], CPU."""
-    from torchvision.utils import draw_segmentation_masks
-
-    from mtlrun.tasks.instance_metrics import masks_to_boxes
-
+    """Each image enlarged `scale` times with its instance masks ((n, H, W) bool, best
+    first) filled, each in its own colour (`instance_colour`), outlined by its box and
+    labelled with its class name (and score) in a tag of its colour that stays inside the
+    picture. The best instance is drawn last, on top. Returns (B, 3, H * scale, W * scale)
+    in [0, 1], on the CPU."""
     drawn = []
     for index, (image, image_masks) in enumerate(zip(images, masks, strict=True)):
-        large = image.float().cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-        canvas = (large.clamp(0, 1) * 255).round().to(torch.uint8)
+        canvas = image.float().cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         big = image_masks.cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         colours = [instance_colour(k) for k in range(len(big))]
-        if len(big):
-            canvas = draw_segmentation_masks(canvas, big.flip(0), alpha=0.55, colors=colours[::-1])
-            classes = labels[index].tolist()
-            texts = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes]
-            if scores is not None:
-                texts = [f"{t} {float(v):.2f}" for t, v in zip(texts, scores[index], strict=True)]
-            # Drawn last = on top: the first (best-scored) instance goes last.
-            canvas = _labelled_boxes(
-                canvas, masks_to_boxes(big).flip(0), texts[::-1], colours[::-1]
-            )
-        drawn.append(canvas.float() / 255)
+        for mask, colour in zip(big.flip(0), colours[::-1], strict=True):
+            paint = torch.tensor(colour, dtype=torch.float32)[:, None, None] / 255
+            canvas = torch.where(mask, 0.4 * canvas + 0.6 * paint, canvas)
+        classes = labels[index].tolist()
+        texts = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes]
+        if scores is not None:
+            texts = [f"{t} {float(v):.2f}" for t, v in zip(texts, scores[index], strict=True)]
+        drawn.append(_tagged_boxes(canvas.clamp(0, 1), big, texts, colours))
     return torch.stack(drawn)
 
 
-def _labelled_boxes(
-    canvas: Tensor, boxes: Tensor, texts: list[str], colours: list[tuple[int, int, int]]
+def _tagged_boxes(
+    canvas: Tensor, masks: Tensor, texts: list[str], colours: list[tuple[int, int, int]]
 ) -> Tensor:
-    from torchvision.utils import draw_bounding_boxes
+    """The boxes around `masks`, each with its text in a tag (see `_tag_places`); drawn in
+    reverse order, so that the first is on top."""
+    from PIL import ImageDraw
 
-    return draw_bounding_boxes(
-        canvas, boxes.float(), labels=texts, colors=colours, width=1,
-        label_colors=[ink(colour) for colour in colours], fill_labels=True,
-    )  # fmt: skip
+    from mtlrun.tasks.instance_metrics import masks_to_boxes
+
+    picture = to_pil(canvas)
+    draw = ImageDraw.Draw(picture)
+    font = label_font()
+    boxes = [[int(v) for v in box] for box in masks_to_boxes(masks).tolist()]
+    sizes = [(int(font.getlength(text)) + 4, TEXT + 3) for text in texts]
+    places = _tag_places(boxes, sizes, picture.width, picture.height)
+    for box, text, colour, tag in reversed(list(zip(boxes, texts, colours, places, strict=True))):
+        x1, y1, x2, y2 = box
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour)
+        draw.rectangle(tag, fill=colour)
+        middle = (tag[1] + tag[3]) // 2
+        draw.text((tag[0] + 2, middle), text, fill=ink(colour), font=font, anchor="lm")
+    return from_pil(picture)
+
+
+def _tag_places(
+    boxes: list[list[int]], sizes: list[tuple[int, int]], width: int, height: int
+) -> list[tuple[int, int, int, int]]:
+    """Where each box's tag goes, first box first: above the box (inside its top when there
+    is no room above), shifted left where it would leave the picture, and moved down past
+    the tags of earlier (better) boxes it would cover."""
+    placed: list[tuple[int, int, int, int]] = []
+    for (x1, y1, _, _), (tag_width, tag_height) in zip(boxes, sizes, strict=True):
+        left = max(0, min(x1, width - tag_width))
+        top = y1 - tag_height if y1 >= tag_height else y1
+        for _ in range(len(placed)):
+            hit = [
+                p for p in placed if _overlap(p, (left, top, left + tag_width, top + tag_height))
+            ]
+            if not hit or max(p[3] for p in hit) + tag_height >= height:
+                break
+            top = max(p[3] for p in hit) + 1
+        placed.append((left, top, left + tag_width, top + tag_height))
+    return placed
+
+
+def _overlap(first: tuple[int, int, int, int], second: tuple[int, int, int, int]) -> bool:
+    return (
+        first[0] < second[2]
+        and second[0] < first[2]
+        and first[1] < second[3]
+        and second[1] < first[3]
+    )
 
 
 # --- labels: titles, legends, colour bars and tables drawn into the pictures ---------------
