@@ -102,6 +102,22 @@ def test_no_objects_still_reaches_every_parameter() -> None:
     assert torch.isfinite(task.loss(task.head(torch.randn(2, 16, 8, 8)), empty))
 
 
+def test_no_detections_give_empty_stacks_and_many_come_in_chunks() -> None:
+    task = InstanceTask("inst", INFO, in_channels=16, stride=4, hidden=16)
+    with torch.no_grad():
+        output = task.head(torch.randn(3, 16, 8, 8))
+    assert [d["masks"].shape for d in task.detect(output, 0.999)] == [(0, 32, 32)] * 3
+    everything = task.detect(output, 0.0)
+    chunked = InstanceTask("inst", INFO, in_channels=16, stride=4, hidden=16)
+    chunked.head.load_state_dict(task.head.state_dict())
+    output["mask_features"] = output["mask_features"].repeat_interleave(64, -1)  # many pixels
+    assert (
+        sum(len(d["scores"]) for d in everything) > 2**21 // output["mask_features"][0, 0].numel()
+    )
+    again = chunked.detect(output, 0.0)
+    assert [d["masks"].shape[0] for d in again] == [len(d["scores"]) for d in everything]
+
+
 def test_masks_to_boxes_spans_pixel_edges() -> None:
     masks = torch.zeros(2, 6, 8, dtype=torch.bool)
     masks[0, 1:3, 3:6] = True

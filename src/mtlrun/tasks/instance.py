@@ -272,9 +272,14 @@ class InstanceTask(Task):
             torch.tensor(sizes, device=points.device)
         )
         cells = torch.cat([d["locations"] for d in detections])
-        masks = self._mask_logits(output, images, cells, points) > math.log(
-            self.mask_threshold / (1 - self.mask_threshold)
-        )
+        threshold = math.log(self.mask_threshold / (1 - self.mask_threshold))
+        # In chunks of about 2M mask-map pixels, so that large images with many detections
+        # never hold every instance's network activations at once.
+        chunk = max(1, 2**21 // output["mask_features"][0, 0].numel())
+        masks = torch.cat([
+            self._mask_logits(output, images[i : i + chunk], cells[i : i + chunk], points) > threshold
+            for i in range(0, max(len(images), 1), chunk)
+        ])  # fmt: skip
         for detection, image_masks in zip(detections, masks.split(sizes), strict=True):
             detection["masks"] = image_masks
         return detections
