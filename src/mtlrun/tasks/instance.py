@@ -276,10 +276,11 @@ class InstanceTask(Task):
         # In chunks of about 2M mask-map pixels, so that large images with many detections
         # never hold every instance's network activations at once.
         chunk = max(1, 2**21 // output["mask_features"][0, 0].numel())
-        masks = torch.cat([
-            self._mask_logits(output, images[i : i + chunk], cells[i : i + chunk], points) > threshold
+        parts = [
+            self._mask_logits(output, images[i : i + chunk], cells[i : i + chunk], points)
             for i in range(0, max(len(images), 1), chunk)
-        ])  # fmt: skip
+        ]
+        masks = torch.cat(parts) > threshold
         for detection, image_masks in zip(detections, masks.split(sizes), strict=True):
             detection["masks"] = image_masks
         return detections
