@@ -118,6 +118,22 @@ def test_changing_only_the_label_changes_the_output() -> None:
     torch.testing.assert_close(before[1], after[1])
 
 
+def test_an_untrained_generator_already_draws_each_class_differently() -> None:
+    # The class embedding concatenated to the noise gives the class a say from the first
+    # step; class-conditional BatchNorm alone starts as the same transform for every class.
+    generator = Generator((32, 32), NOISE, 32, num_classes=CLASSES).eval()
+    noise = torch.randn(1, NOISE).expand(CLASSES, -1)
+    with torch.no_grad():
+        images = generator(noise, torch.arange(CLASSES))
+    gaps = (images[:, None] - images[None]).abs().flatten(2).amax(2)
+    assert gaps[~torch.eye(CLASSES, dtype=torch.bool)].min() > 1e-3
+    generator.class_embedding = None  # the BatchNorm path alone: one image for every class
+    generator.project = nn.Linear(NOISE, generator.project.out_features, bias=False)
+    with torch.no_grad():
+        images = generator(noise, torch.arange(CLASSES))
+    torch.testing.assert_close(images, images[:1].expand_as(images))
+
+
 def test_changing_only_the_layout_changes_the_output() -> None:
     generator = Generator((32, 32), NOISE, 32, layout_classes=LAYOUT_CLASSES).eval()
     noise = torch.randn(2, NOISE)

@@ -7,9 +7,15 @@ H/8 x W/8 map, three rounds of norm-ReLU-upsample-conv, and a last conv to RGB. 
 normalisation carries the conditioning:
 
 - unconditional: plain BatchNorm;
-- `num_classes > 0`: class-conditional BatchNorm, an affine-free BatchNorm whose gain and
-  bias are looked up per class (de Vries et al., "Modulating early visual processing by
-  language", NeurIPS 2017; Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018);
+- `num_classes > 0`: a learned class embedding concatenated to the noise (as in conditional
+  DCGANs and BigGAN's shared embedding, Brock et al., ICLR 2019), and class-conditional
+  BatchNorm, an affine-free BatchNorm whose gain and bias are looked up per class (de Vries
+  et al., "Modulating early visual processing by language", NeurIPS 2017; Miyato & Koyama,
+  "cGANs with Projection Discriminator", ICLR 2018). The embedding is what makes a short run
+  follow its classes: the per-class gains start equal and Adam moves each by at most ~lr per
+  step, so with them alone a generator's MNIST digits were still in their class only 12% of
+  the time after 750 steps, against 84% after 500 steps with the embedding (same networks,
+  a bare loop; see README, Generation);
 - `layout_classes > 0`: SPADE, the gain and bias predicted per pixel by a small conv net from
   the one-hot layout resized to the block's resolution (Park et al., "Semantic Image Synthesis
   with Spatially-Adaptive Normalization", CVPR 2019).
@@ -181,7 +187,10 @@ class Generator(nn.Module):
         self.num_classes = num_classes
         self.layout_classes = layout_classes
         self.base_size = (height // 8, width // 8)
-        self.project = nn.Linear(noise_dim, hidden * math.prod(self.base_size), bias=False)
+        # N(0, 1) like the noise, so the class starts with as much say as the noise has.
+        self.class_embedding = nn.Embedding(num_classes, noise_dim) if num_classes > 0 else None
+        inputs = noise_dim * (2 if num_classes > 0 else 1)
+        self.project = nn.Linear(inputs, hidden * math.prod(self.base_size), bias=False)
         widths = [max(hidden >> level, min(hidden, 32)) for level in range(4)]
         self.blocks = nn.ModuleList(
             GeneratorBlock(widths[level], widths[level + 1], num_classes, layout_classes)
@@ -200,6 +209,10 @@ class Generator(nn.Module):
             maps = layout_one_hot(layout, self.layout_classes, self.image_size, noise.dtype)
         if self.num_classes == 0:
             labels = None
+        elif labels is None:
+            raise ValueError("a class-conditional generator needs labels")
+        if self.class_embedding is not None and labels is not None:
+            noise = torch.cat([noise, self.class_embedding(labels).to(noise.dtype)], dim=1)
         features = self.project(noise).view(noise.shape[0], -1, *self.base_size)
         for block in self.blocks:
             features = block(features, labels, maps)
