@@ -221,8 +221,8 @@ class InstanceTask(Task):
         points = self._points(output)
         masks, labels = target["masks"], target["labels"]
         if labels.shape[1] == 0:  # no slots at all: one padding slot keeps the gathers valid
-            masks, labels = masks.new_zeros(len(masks), 1, *masks.shape[2:]), labels
-            labels = torch.full_like(masks[:, :, 0, 0], -1, dtype=torch.long)
+            masks = masks.new_zeros(len(masks), 1, *masks.shape[2:])
+            labels = labels.new_full((len(labels), 1), -1)
         real = (labels >= 0) & masks.flatten(2).any(-1)
         slots = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
         # Assign object *slots* to locations, so that each positive knows its mask too.
