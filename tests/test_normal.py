@@ -10,7 +10,7 @@ from torch import nn
 from mtlrun.data import DatasetInfo
 from mtlrun.models.backbones import ConvNet, ResNet
 from mtlrun.tasks.metrics import Histogram
-from mtlrun.tasks.normal import NormalTask
+from mtlrun.tasks.normal import AXES, NormalTask
 
 INFO = DatasetInfo(name="tiny", image_size=(16, 16), targets=frozenset({"normal"}))
 
@@ -108,6 +108,11 @@ def test_pictures_draw_normals_as_colours_with_invalid_pixels_black() -> None:
     truth_column = picture[:, 16 + 1 : 16 + 1 + 16, 1 + 96 + 1 : 1 + 96 + 1 + 96]
     assert torch.equal(truth_column[:, 8, 5 * 16 + 8], torch.zeros(3))  # the invalid pixel
     assert torch.allclose(truth_column[:, 8, 8], torch.tensor([0.5, 0.5, 1.0]))
+
+
+def test_the_axis_legend_names_each_colour_in_one_word() -> None:
+    """The label font's space is 2 px wide: a legend entry "no normal" read "nonormal"."""
+    assert all(" " not in name for name in AXES) and AXES["invalid"] == (0.0, 0.0, 0.0)
 
 
 def test_histogram_quantiles_are_exact_to_a_bin() -> None:

@@ -1,5 +1,7 @@
 """`landmarks`: regression of a fixed set of key points (e.g. the five facial landmarks)."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -8,7 +10,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
 from mtlrun.models.heads import landmark_head
 from mtlrun.tasks.base import Direction, Task
-from mtlrun.tasks.pictures import enlarged, legend, stack
+from mtlrun.tasks.pictures import enlarged, from_pil, label_font, stack, to_pil
 
 
 class LandmarksTask(Task):
@@ -95,16 +97,52 @@ class LandmarksTask(Task):
         return {"nme": normalised / images, "error_px": pixels / images}
 
     def pictures(self, images: Tensor, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """Each image with its true points (green) and predicted points (red), and a legend
-        saying so."""
-        from torchvision.utils import draw_keypoints, make_grid
+        """Each image, enlarged to a tile of at least `TILE` pixels (4 a row), with its true
+        points as green rings and its predicted points as red crosses over them, both edged
+        in black to show on any colour; a legend below shows the two markers."""
+        from PIL import ImageDraw
+        from torchvision.utils import make_grid
 
+        big = enlarged(images)
+        factor = big.shape[-1] // images.shape[-1]
         drawn = []
-        for image, predicted, truth in zip(images, self._pixels(output), target, strict=True):
-            canvas = (image.float().clamp(0, 1).cpu() * 255).round().to(torch.uint8)
-            canvas = draw_keypoints(canvas, truth[None].float().cpu(), colors="lime", radius=1)
-            canvas = draw_keypoints(canvas, predicted[None].cpu(), colors="red", radius=1)
-            drawn.append(canvas.float() / 255)
-        grid = make_grid(enlarged(torch.stack(drawn)), nrow=len(drawn), padding=1, pad_value=1.0)
-        key = legend(["truth", "prediction"], [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)], grid.shape[-1])
-        return {"truth_vs_prediction": stack(grid, key)}
+        for image, predicted, truth in zip(big, self._pixels(output), target, strict=True):
+            picture = to_pil(image)
+            draw = ImageDraw.Draw(picture)
+            for points, colour, ring in ((truth, TRUTH, True), (predicted, PREDICTION, False)):
+                centres = (points.detach().float().cpu() + 0.5) * factor - 0.5  # pixel centres
+                mark(draw, centres.tolist(), colour, ring)
+            drawn.append(from_pil(picture))
+        grid = make_grid(torch.stack(drawn), nrow=min(len(drawn), 4), padding=1, pad_value=1.0)
+        return {"truth_vs_prediction": stack(grid, marker_legend(grid.shape[-1]))}
+
+
+TRUTH, PREDICTION = (0, 230, 0), (255, 40, 40)  # the markers' colours
+_RADIUS = 5  # a marker's radius in pixels of the enlarged picture
+
+
+def mark(draw: Any, points: list[list[float]], colour: tuple[int, int, int], ring: bool) -> None:
+    """A ring (`ring`) or a cross in `colour` at each (x, y), edged in black."""
+    for x, y in points:
+        for edge, width, fill in ((1, 4, (0, 0, 0)), (0, 2, colour)):
+            r = _RADIUS + edge if ring else _RADIUS - 1 + edge
+            if ring:
+                draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=width)
+            else:
+                draw.line((x - r, y - r, x + r, y + r), fill=fill, width=width)
+                draw.line((x - r, y + r, x + r, y - r), fill=fill, width=width)
+
+
+def marker_legend(width: int) -> Tensor:
+    """A white band `width` wide with the two markers and what they show."""
+    from PIL import ImageDraw
+
+    font = label_font()
+    picture = to_pil(torch.ones(3, 20, width))
+    draw = ImageDraw.Draw(picture)
+    x = 10
+    for name, colour, ring in (("truth", TRUTH, True), ("prediction", PREDICTION, False)):
+        mark(draw, [[x, 10]], colour, ring)
+        draw.text((x + 10, 10), name, fill="black", font=font, anchor="lm")
+        x += 10 + int(font.getlength(name)) + 20
+    return from_pil(picture)

@@ -18,7 +18,7 @@ AXES = {
     "-x": (0.0, 0.5, 0.5),
     "-y": (0.5, 0.0, 0.5),
     "-z": (0.5, 0.5, 0.0),
-    "no normal": (0.0, 0.0, 0.0),
+    "invalid": (0.0, 0.0, 0.0),  # one word: the label font's space is 2 px ("nonormal")
 }
 
 THRESHOLDS = (11.25, 22.5, 30.0)  # degrees; the within-angle metrics of the NYUv2 literature
