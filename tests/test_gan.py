@@ -153,7 +153,8 @@ def test_a_nonfinite_step_moves_neither_player(build_tiny_run, tmp_path, monkeyp
         ("tasks.gan.class_target=nothing", "condition=class needs the class-valued target"),
         ("tasks.gan.loss=wasserstein", "tasks.gan.loss must be one of hinge"),
         ("tasks.gan.discriminator=both", "tasks.gan.discriminator must be one of shared, own"),
-        ("tasks.gan.n_critic=0", "n_critic, r1_every must be >= 1"),
+        ("tasks.gan.n_critic=0", "n_critic and r1_every must be >= 1"),
+        ("tasks.gan.mode_seeking=-1", "mode_seeking >= 0"),
         ("tasks.gan.quality_features=nowhere", "reference network weights"),
         ("tasks.gan.auxiliary_weight=1", "auxiliary_weight needs discriminator=own"),
     ],
@@ -333,3 +334,48 @@ def test_reconstruction_pictures_are_titled_and_enlarged(build_tiny_run, tmp_pat
     assert columns.shape[1:] == (16 + 2 * 97 + 1, 2 * 97 + 1)  # a title band, two 96 px rows
     assert (columns[:, :16] < 0.5).any()  # the titles are written
     assert pictures["samples"].shape[-1] >= 2 * 96
+
+
+@pytest.mark.parametrize("placement", ["own", "shared"])
+def test_mode_seeking_twins_share_conditions_and_punish_ignored_noise(
+    build_tiny_run, tmp_path, placement
+):
+    settings = OWN if placement == "own" else SHARED
+    run = build_tiny_run(
+        tmp_path, *settings, "tasks.gan.condition=class", "tasks.gan.mode_seeking=2"
+    )
+    gan = run.tasks["gan"]
+    assert isinstance(gan, GANTask)
+    _, targets = first_batch(run)
+    target = targets["gan"]
+    count = len(target["image"])
+    extra = count // 4
+    drawn_noise = torch.randn(count + extra, gan.generator.noise_dim)
+    gan.draw_noise = lambda total, size, device: drawn_noise[:total]  # type: ignore[method-assign]
+    images, term = gan.generate_for_generator(target)
+    # By hand: one pass over the batch plus its first quarter's conditions again.
+    labels = torch.cat([target["condition"], target["condition"][:extra]])
+    twins = gan.generator(drawn_noise, labels=labels)
+    torch.testing.assert_close(images, twins[:count])
+    image_gap = (twins[count:] - twins[:extra]).abs().mean()
+    noise_gap = (drawn_noise[count:] - drawn_noise[:extra]).abs().mean()
+    assert term is not None
+    torch.testing.assert_close(term, 2 / (image_gap / noise_gap + 1e-5))
+    # The term's gradient pushes the twins apart: one step on it alone widens their gap.
+    optimizer = torch.optim.SGD(gan.generator.parameters(), lr=0.05)
+    term.backward()
+    optimizer.step()
+    wider = gan.generator(drawn_noise, labels=labels)
+    assert (wider[count:] - wider[:extra]).abs().mean() > image_gap
+    # A generator that ignores its noise draws identical twins: the term is ~weight / 1e-5.
+    with torch.no_grad():
+        gan.generator.project.weight[:, : gan.generator.noise_dim] = 0
+    assert gan.generate_for_generator(target)[1] > 1e4
+
+
+def test_mode_seeking_is_off_by_default(build_tiny_run, tmp_path):
+    run = build_tiny_run(tmp_path, *OWN)
+    gan = run.tasks["gan"]
+    assert isinstance(gan, GANTask)
+    _, targets = first_batch(run)
+    assert gan.generate_for_generator(targets["gan"])[1] is None
