@@ -7,8 +7,9 @@ step, then `step_players`, the EMA update and logging at its defaults); the othe
 are trained by the loop written out below, which does the same math with no runner around
 it: the same networks, the same batches, the same optimizers (the model's AdamW settings for
 the player inside the model, Adam on the task's TTUR settings for the second player), the
-hinge loss, `requires_grad` toggling of the other player, and the generator's EMA. The two
-alternate epoch by epoch in one process; no checkpoint is timed.
+hinge loss, the lazy R1 penalty of `experiment=gan` (every `r1_every` discriminator steps, on
+the real images made to require grad), `requires_grad` toggling of the other player, and the
+generator's EMA. The two alternate epoch by epoch in one process; no checkpoint is timed.
 
 FID: `SampleQuality` in the shipped shapes reference network's features
 (`load_reference('shapes')`) on 1,000 generated and 1,000 real images (features, then FID,
@@ -84,14 +85,22 @@ def hinge_g(fake: Tensor) -> Tensor:
     return -fake.float().mean()
 
 
+def r1(real_logits: Tensor, real: Tensor) -> Tensor:
+    """E_x ||grad_x D(x)||^2, kept differentiable for D's step."""
+    (gradient,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return gradient.float().square().flatten(1).sum(1).mean()
+
+
 class BareGANLoop:
     """A GAN training loop as one would write it by hand, on the networks of a built run.
 
     shared: the discriminator is the backbone (trunk) plus the real/fake head. D step on
-    cat(real, G(z) without gradients), hinge, AdamW; then, with D's parameters' requires_grad
+    cat(real, G(z) without gradients), hinge (+ lazy R1 on the real half), AdamW; then, with
+    D's parameters' requires_grad
     off, the G step on cat(real, G(z')) (the real half only steadies BatchNorm), Adam.
     own: G step through the own discriminator (its requires_grad off), AdamW; then the D step
-    on real and G(z') without gradients, hinge, Adam. Both: the EMA of G after the step.
+    on real and G(z') without gradients, hinge (+ lazy R1), Adam. Both: the EMA of G after
+    the step.
     """
 
     def __init__(self, run: Run, cfg: DictConfig, data: DataSource) -> None:
@@ -120,6 +129,8 @@ class BareGANLoop:
             self.d_parameters = list(self.discriminator.parameters())
             self.g_optimizer = torch.optim.AdamW(self.generator.parameters(), **model_optimizer)
             self.d_optimizer = torch.optim.Adam(self.d_parameters, **task.player_settings)
+        self.r1_gamma, self.r1_every = task.r1_gamma, task.r1_every
+        self.d_steps = 0
         self.ema_decay = float(cfg.tasks.gan.ema_decay)
         self.ema_warmup = int(cfg.tasks.gan.ema_warmup)
         self.ema_updates = 0
@@ -138,12 +149,25 @@ class BareGANLoop:
         (self.step_shared if self.shared else self.step_own)(real)
         self.update_ema()
 
+    def regularised(self, real: Tensor) -> tuple[Tensor, bool]:
+        """`real`, made to require grad on the discriminator steps that take R1."""
+        regularise = self.r1_gamma > 0 and self.d_steps % self.r1_every == 0
+        self.d_steps += 1
+        return (real.detach().requires_grad_(True), True) if regularise else (real, False)
+
+    def with_r1(self, loss: Tensor, real_logits: Tensor, real: Tensor, regularise: bool) -> Tensor:
+        if not regularise:
+            return loss
+        return loss + self.r1_gamma / 2 * self.r1_every * r1(real_logits, real)
+
     def step_shared(self, real: Tensor) -> None:
         count = len(real)
         with torch.no_grad():
             fake = self.fake(count).contiguous(memory_format=torch.channels_last)
-        logits = self.head(self.trunk(torch.cat([real, fake])))
+        judged, regularise = self.regularised(real)
+        logits = self.head(self.trunk(torch.cat([judged, fake])))
         d_loss = hinge_d(logits[:count], logits[count:])
+        d_loss = self.with_r1(d_loss, logits[:count], judged, regularise)
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()
@@ -166,7 +190,10 @@ class BareGANLoop:
         set_requires_grad(self.d_parameters, True)
         with torch.no_grad():
             fake = self.fake(count)
-        d_loss = hinge_d(self.discriminator(real), self.discriminator(fake))
+        judged, regularise = self.regularised(real)
+        real_logits = self.discriminator(judged)
+        d_loss = hinge_d(real_logits, self.discriminator(fake))
+        d_loss = self.with_r1(d_loss, real_logits, judged, regularise)
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()
@@ -331,11 +358,13 @@ def summarise_steps(
         f"mtlrun: train_epoch with trainer.progress={PROGRESS_MODE} and logging at the "
         "experiment's defaults, no checkpoint. tasks.gan.discriminator=shared: the model's "
         "step is D (trunk + real/fake head), the generator is the second player; own: the "
-        "model's step is G (the backbone still runs on the real images, unused), the own "
+        "model's step is G (the backbone is skipped: no head reads it), the own "
         "SNGAN discriminator is the second player.",
         "bare loop: the networks of a second build (same initial weights), same batches, "
-        "AdamW/Adam on the same settings, hinge, requires_grad toggling, foreach EMA; fresh "
-        "noise for each player's step, as mtlrun draws it.",
+        "AdamW/Adam on the same settings, hinge, lazy R1 at the experiment's r1_gamma and "
+        "r1_every (on the real images themselves, where mtlrun's shared trunk judges a third, "
+        "grad-requiring copy), requires_grad toggling, foreach EMA; fresh noise for each "
+        "player's step, as mtlrun draws it.",
         *spreads,
     ]
     return Section(
