@@ -13,9 +13,8 @@ normalisation carries the conditioning:
   et al., "Modulating early visual processing by language", NeurIPS 2017; Miyato & Koyama,
   "cGANs with Projection Discriminator", ICLR 2018). The embedding is what makes a short run
   follow its classes: the per-class gains start equal and Adam moves each by at most ~lr per
-  step, so with them alone a generator's MNIST digits were still in their class only 12% of
-  the time after 750 steps, against 84% after 500 steps with the embedding (same networks,
-  a bare loop; see README, Generation);
+  step, so with them alone MNIST samples were in their class 14% of the time after 375
+  steps (21% after 750), with the embedding 79% (99% after 750; README, Generation);
 - `layout_classes > 0`: SPADE, the gain and bias predicted per pixel by a small conv net from
   the one-hot layout resized to the block's resolution (Park et al., "Semantic Image Synthesis
   with Spatially-Adaptive Normalization", CVPR 2019).
