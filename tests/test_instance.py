@@ -381,6 +381,18 @@ def test_pictures_have_a_tile_per_column() -> None:
     assert picture.min() >= 0 and picture.max() <= 1
 
 
+def test_an_empty_predicted_mask_is_left_out_of_the_picture() -> None:
+    from mtlrun.tasks.pictures import draw_instances
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[1, 2:5, 2:6] = True
+    drawn = draw_instances(
+        torch.rand(1, 3, 8, 8), [masks], [torch.tensor([0, 1])], 24, CLASSES,
+        [torch.tensor([0.9, 0.5])],
+    )  # fmt: skip
+    assert drawn.shape == (1, 3, 192, 192)
+
+
 def test_tags_stay_inside_the_picture_and_apart() -> None:
     """Crowded duplicates: each tag lies inside the picture, and none covers another."""
     from mtlrun.tasks.pictures import _overlap, _tag_places

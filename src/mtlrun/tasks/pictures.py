@@ -130,20 +130,22 @@ def draw_instances(
     """Each image enlarged `scale` times with its instance masks ((n, H, W) bool, best
     first) filled, each in its own colour (`instance_colour`), outlined by its box and
     labelled with its class name (and score) in a tag of its colour that stays inside the
-    picture. The best instance is drawn last, on top. Returns (B, 3, H * scale, W * scale)
-    in [0, 1], on the CPU."""
+    picture. The best instance is drawn last, on top; empty masks (nothing to show) are
+    left out. Returns (B, 3, H * scale, W * scale) in [0, 1], on the CPU."""
     drawn = []
     for index, (image, image_masks) in enumerate(zip(images, masks, strict=True)):
         canvas = image.float().cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-        big = image_masks.cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        shown = image_masks.flatten(1).any(1).cpu()
+        big = image_masks.cpu()[shown].repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         colours = [instance_colour(k) for k in range(len(big))]
         for mask, colour in zip(big.flip(0), colours[::-1], strict=True):
             paint = torch.tensor(colour, dtype=torch.float32)[:, None, None] / 255
             canvas = torch.where(mask, 0.4 * canvas + 0.6 * paint, canvas)
-        classes = labels[index].tolist()
+        classes = labels[index].cpu()[shown].tolist()
         texts = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes]
         if scores is not None:
-            texts = [f"{t} {float(v):.2f}" for t, v in zip(texts, scores[index], strict=True)]
+            values = scores[index].cpu()[shown].tolist()
+            texts = [f"{t} {v:.2f}" for t, v in zip(texts, values, strict=True)]
         drawn.append(_tagged_boxes(canvas.clamp(0, 1), big, texts, colours))
     return torch.stack(drawn)
 
