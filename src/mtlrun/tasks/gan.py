@@ -22,11 +22,13 @@ Which losses each player's update sees:
                     (the run's weighting)
     second player   G loss + semantic terms (own Adam)        D loss + lazy R1 (own Adam)
 
-Conditions (`condition`): `class` (class-conditional BatchNorm in the generator; projection
-discriminator, Miyato & Koyama 2018, with `own`, plus an AC-GAN auxiliary classifier in it
-with `auxiliary_weight` > 0, Odena et al. 2017), `layout` (SPADE generator, Park et al.
-2019, from the dataset's segmentation map; the layout is given to an own discriminator).
-The generator's EMA copy (`ema_decay`) makes the evaluation samples and pictures.
+Conditions (`condition`): `class` (a class embedding beside the noise and class-conditional
+BatchNorm in the generator; projection discriminator, Miyato & Koyama 2018, with `own`, plus
+an AC-GAN auxiliary classifier in it with `auxiliary_weight` > 0, Odena et al. 2017),
+`layout` (SPADE generator, Park et al. 2019, from the dataset's segmentation map; the layout
+is given to an own discriminator). `mode_seeking` > 0 adds Mao et al.'s term (2019) to the
+generator's loss, against drawing one image per condition. The generator's EMA copy
+(`ema_decay`) makes the evaluation samples and pictures.
 """
 
 from dataclasses import dataclass
