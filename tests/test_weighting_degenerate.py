@@ -203,3 +203,13 @@ def test_mgda_normalised_weights_are_the_min_norm_point_of_the_scaled_gradients(
     torch.testing.assert_close(combined, weights @ grads)
     with pytest.raises(UserError, match="normalize"):
         MGDA(normalize="max")
+
+
+def test_pcd_with_one_task_follows_it() -> None:
+    """One task: no other constraint, so no least-squares problem to solve (an empty one
+    once stopped the run with numpy's zero-size reduction error)."""
+    from mtlrun.weighting.pcd import pcd_weights
+    from mtlrun.weighting.solvers import nonnegative_least_squares
+
+    assert nonnegative_least_squares(np.zeros((0, 0)), np.zeros(0)).shape == (0,)
+    assert pcd_weights(np.array([[2.0]]), np.array([0.7]), 0, 0.1) == pytest.approx([1.0])

@@ -63,7 +63,7 @@ def nonnegative_least_squares(matrix: np.ndarray, target: np.ndarray) -> np.ndar
     count = len(target)
     v = np.zeros(count)
     passive = np.zeros(count, dtype=bool)
-    threshold = 1e-13 * max(1.0, float(np.abs(target).max()))
+    threshold = 1e-13 * max(1.0, float(np.abs(target).max(initial=0.0)))  # none: no target
     for _ in range(3 * count + 10):  # the method ends in a few passes; the cap is a guard
         residual = target - matrix @ v
         candidates = ~passive & (residual > threshold)
