@@ -231,7 +231,9 @@ FAKES: dict[str, Fake] = {
     "mtlrun.data.cityscapes.CityscapesData": Fake(write_cityscapes, ("seg", "depth")),
     "mtlrun.data.celeba.CelebAData": Fake(write_celeba, ("attr", "landmarks")),
     "mtlrun.data.multi_mnist.MultiMNISTData": Fake(write_mnist, ("left", "right")),
-    "mtlrun.data.oxford_pets.OxfordPetsData": Fake(write_oxford_pets, ("cls", "species", "seg")),
+    "mtlrun.data.oxford_pets.OxfordPetsData": Fake(
+        write_oxford_pets, ("cls", "species", "seg", "inst")
+    ),
 }
 # Targets the default dataset (shapes) lacks, and a dataset option that has each.
 TARGET_DATASETS = {
@@ -284,7 +286,7 @@ def fake_data_overrides(
 
 # Single MNIST digits read from the same IDX files as MultiMNIST (fake digit d is the
 # constant 20 d + 10, so digits 0..1 are all background in `seg` and 2..9 all digit).
-FAKES["mtlrun.data.mnist.MNISTData"] = Fake(write_mnist, ("cls", "seg", "gen"))
+FAKES["mtlrun.data.mnist.MNISTData"] = Fake(write_mnist, ("cls", "seg", "gen", "gan"))
 
 
 def write_folder(root: Path, count: int = 10) -> Path:

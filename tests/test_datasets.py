@@ -224,6 +224,12 @@ def test_oxford_pets_gives_breed_species_and_trimap(fakes: dict[str, Path]) -> N
     seg = batch["targets"]["seg"]
     assert (seg[:, 20, 20] == 1).all() and (seg[:, 0, 0] == 0).all()  # pet centre, corner
     assert (seg == 2).any()  # the border
+    # One instance per photograph: the pet's pixels of the resized trimap, its species.
+    inst = batch["targets"]["inst"]
+    assert inst["masks"].shape == (len(seg), 1, 40, 40) and inst["masks"].dtype == torch.bool
+    assert torch.equal(inst["masks"][:, 0], seg == 1)
+    assert torch.equal(inst["labels"][:, 0], batch["targets"]["species"])
+    assert data.info.num_classes["inst"] == 2 and "inst" in data.info.targets
 
 
 def test_order_is_a_pure_function_of_seed_and_epoch(fakes: dict[str, Path]) -> None:

@@ -8,9 +8,11 @@ breeds (12 cats, 25 dogs), each with a trimap. The layout torchvision reads:
     {root}/oxford-iiit-pet/annotations/{trainval,test}.txt  "<id> <breed 1..37> <species 1..2> <n>"
     {root}/oxford-iiit-pet/annotations/trimaps/{id}.png     1 pet, 2 background, 3 border
 
-Targets: `cls` (37 breeds), `species` (cat, dog) and `seg`, the trimap as 3 classes
-(0 background, 1 pet, 2 border). Training uses `trainval`, evaluation `test`. The photographs
-differ in size, so they are resized to `image_size` (default 224 x 224).
+Targets: `cls` (37 breeds), `species` (cat, dog), `seg`, the trimap as 3 classes
+(0 background, 1 pet, 2 border), and `inst`, one instance per photograph: the trimap's pet
+pixels (the uncertain border left out), labelled with the species. Training uses
+`trainval`, evaluation `test`. The photographs differ in size, so they are resized to
+`image_size` (default 224 x 224).
 """
 
 from collections.abc import Sequence
@@ -83,6 +85,11 @@ class PetsSplit(Dataset):
                 "cls": breed,
                 "species": species,
                 "seg": tv_tensors.Mask(_TRIMAP_TO_CLASS[trimap]),
+                # One instance per photograph: the pet's pixels, labelled with its species.
+                "inst": {
+                    "masks": tv_tensors.Mask((trimap == 1)[None]),
+                    "labels": torch.tensor([species]),
+                },
             },
         }
 
@@ -145,13 +152,14 @@ class OxfordPetsData(FileData):
         info = DatasetInfo(
             name="oxford_pets",
             image_size=(224, 224),  # replaced by image_size
-            targets=frozenset({"cls", "species", "seg"}),
-            num_classes={"cls": 37, "species": 2, "seg": len(TRIMAP_CLASSES)},
+            targets=frozenset({"cls", "species", "seg", "inst"}),
+            num_classes={"cls": 37, "species": 2, "seg": len(TRIMAP_CLASSES), "inst": 2},
             class_names={
                 # Breed names come from the training list's file names: all 37 or none.
                 **({"cls": list(train.pets.classes)} if len(train.pets.classes) == 37 else {}),
                 "species": list(train.pets.bin_classes),
                 "seg": TRIMAP_CLASSES,
+                "inst": list(train.pets.bin_classes),
             },
         )
         super().__init__(
