@@ -424,9 +424,10 @@ SHAPE_COLOURS = {3: (230, 40, 40), 7: (40, 200, 40), 12: (50, 80, 240)}
 
 def shapes_picture(
     generator: Generator, size: tuple[int, int], count: int
-) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
+) -> tuple[Image.Image, list[tuple[int, list[float], list[float]]]]:
     """A noisy picture of (width, height) `size` with `count` shapes, and each shape's
-    (category id, [x, y, width, height]) box around its drawn pixels."""
+    (category id, [x, y, width, height]) box around its drawn pixels and its outline as a
+    COCO polygon [x1, y1, x2, y2, ...] (a 24-gon for the discs)."""
     width, height = size
     noise = generator.normal(110, 30, (height, width, 3))
     picture = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
@@ -439,14 +440,19 @@ def shapes_picture(
         box = (x, y, x + side - 1, y + side - 1)
         if category == 3:
             draw.ellipse(box, SHAPE_COLOURS[category])
+            angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+            centre, radius = x + side / 2, side / 2
+            corners = [
+                (centre + radius * np.cos(a), y + radius + radius * np.sin(a)) for a in angles
+            ]
         elif category == 7:
             draw.rectangle(box, SHAPE_COLOURS[category])
+            corners = [(x, y), (x + side, y), (x + side, y + side), (x, y + side)]
         else:
-            draw.polygon(
-                [(x, y + side - 1), (x + side - 1, y + side - 1), (x + side // 2, y)],
-                SHAPE_COLOURS[category],
-            )
-        objects.append((category, [float(x), float(y), float(side), float(side)]))
+            corners = [(x, y + side - 1), (x + side - 1, y + side - 1), (x + side // 2, y)]
+            draw.polygon(corners, SHAPE_COLOURS[category])
+        outline = [float(value) for corner in corners for value in corner]
+        objects.append((category, [float(x), float(y), float(side), float(side)], outline))
     return picture, objects
 
 
@@ -468,12 +474,12 @@ def write_learnable_coco(
             picture.save(root / split / name, quality=92)
             images.append({"id": index + 1, "file_name": name, "width": size[0], "height": size[1]})
             if index == 0:
-                objects += [(3, [0.0, 0.0, 10.0, 10.0], 1), (7, [5.0, 5.0, 0.0, 4.0], 0)]  # type: ignore[list-item]
-            for category, box, *crowd in objects:
+                objects += [(3, [0.0, 0.0, 10.0, 10.0], [], 1), (7, [5.0, 5.0, 0.0, 4.0], [], 0)]  # type: ignore[list-item]
+            for category, box, outline, *crowd in objects:
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
                     "bbox": box, "area": box[2] * box[3], "iscrowd": crowd[0] if crowd else 0,
-                    "segmentation": [],
+                    "segmentation": [outline] if outline else [],
                 })  # fmt: skip
         document = {
             "images": images,

@@ -33,8 +33,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_boxes_and_contiguous_classes_come_from_the_json(small: Path) -> None:
     data = open_coco(small, image_size=[48, 96])
     # ids 3, 7, 12 (listed 12, 3, 7) become classes 0, 1, 2 in increasing id order
-    assert data.info.num_classes == {"det": 3}
-    assert data.info.class_names == {"det": ["circle", "square", "triangle"]}
+    assert data.info.num_classes == {"det": 3, "inst": 3}
+    names = ["circle", "square", "triangle"]
+    assert data.info.class_names == {"det": names, "inst": names}
     document = json.loads((small / "annotations" / "instances_val2017.json").read_text())
     index = {3: 0, 7: 1, 12: 2}
     images = {image["id"]: image for image in document["images"]}
@@ -54,6 +55,45 @@ def test_boxes_and_contiguous_classes_come_from_the_json(small: Path) -> None:
         for box, annotation in zip(boxes[number][real], wanted, strict=True):
             x, y, w, h = annotation["bbox"]
             assert torch.allclose(box, torch.tensor([x, y, x + w, y + h]) * scale, atol=1e-4)
+
+
+def test_instance_masks_are_the_decoded_segmentations_in_the_boxes_slots(small: Path) -> None:
+    from pycocotools.coco import COCO
+
+    data = open_coco(small, image_size=[48, 96])
+    coco = COCO(str(small / "annotations" / "instances_val2017.json"))
+    batch = next(iter(data.val_batches()))
+    inst, det = batch["targets"]["inst"], batch["targets"]["det"]
+    assert inst["masks"].dtype == torch.bool and inst["masks"].shape[-2:] == (48, 96)
+    assert torch.equal(inst["labels"], det["labels"])
+    for number, image_id in enumerate(sorted(coco.getImgIds())[: len(det["labels"])]):
+        kept = [a for a in coco.imgToAnns[image_id] if not a["iscrowd"] and a["bbox"][2] > 0]
+        for slot, annotation in enumerate(kept):
+            decoded = torch.from_numpy(coco.annToMask(annotation)).float()
+            resized = torch.nn.functional.interpolate(decoded[None, None], size=(48, 96))[0, 0]
+            mask = inst["masks"][number, slot]
+            overlap = (mask & resized.bool()).sum() / (mask | resized.bool()).sum()
+            assert overlap > 0.9  # the same mask, resized by nearest neighbours both ways
+            # ... and inside its own box
+            x0, y0, x1, y1 = det["boxes"][number, slot].tolist()
+            assert y1 >= y0
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert xs.min() >= x0 - 1 and xs.max() <= x1 + 1
+            assert ys.min() >= y0 - 1 and ys.max() <= y1 + 1
+        assert not inst["masks"][number, len(kept) :].any()  # padding: empty masks
+
+
+def test_a_file_without_segmentations_offers_det_only(tmp_path: Path) -> None:
+    root = write_learnable_coco(tmp_path / "coco", train=3, val=2)
+    for split in ("train2017", "val2017"):
+        path = root / "annotations" / f"instances_{split}.json"
+        document = json.loads(path.read_text())
+        for annotation in document["annotations"]:
+            annotation["segmentation"] = []
+        path.write_text(json.dumps(document))
+    data = open_coco(root)
+    assert data.info.targets == frozenset({"det"})
+    assert "inst" not in next(iter(data.val_batches()))["targets"]
 
 
 def test_crowd_and_empty_boxes_are_left_out(small: Path) -> None:

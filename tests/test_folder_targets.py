@@ -39,7 +39,7 @@ def write_targets_folder(root: Path, count: int = 10) -> Path:
         Image.fromarray(millimetres).save(root / "depth" / f"{index}.png")
         np.save(root / "depth" / f"{index}.npy", millimetres.astype(np.float32) / 1000)
         bright = int(np.asarray(picture).mean() > 110)
-        big = int(max(box[2] for _, box in objects) > 10)
+        big = int(max(box[2] for _, box, _ in objects) > 10)
         split = "val" if index < 3 else "train"
         lines.append(
             f"images/{index}.jpg,depth/{index}.png,depth/{index}.npy,{bright},{big},{split}"
@@ -47,7 +47,7 @@ def write_targets_folder(root: Path, count: int = 10) -> Path:
         images.append(
             {"id": 100 + index, "file_name": f"{index}.jpg", "width": SIZE, "height": SIZE}
         )
-        for category, box in objects:
+        for category, box, _ in objects:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": 100 + index, "category_id": category,
                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0,

@@ -14,6 +14,10 @@ Category ids, which need not be contiguous (COCO's run 1..90 with gaps), are map
 increasing order to classes 0..n-1, named by the categories' names; the training file's
 categories are the classes. Crowd annotations (`iscrowd: 1`) and boxes without area are
 left out, and boxes are clipped to their image, as detection training usually does.
+
+Target `inst`, when the training file's annotations carry segmentations (polygons or RLE):
+{"masks": BoolTensor[B, M, H, W], "labels": LongTensor[B, M]}, the same objects in the same
+slots as `det`, each mask decoded with pycocotools' `annToMask`.
 """
 
 import contextlib
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from torch import Tensor
 from torchvision import tv_tensors
 
 from mtlrun.data.base import DatasetInfo
@@ -93,13 +98,18 @@ class BoxTable:
                 f"{path} has category ids {unknown} that the training annotations do not "
                 f"list (they list {list(self.categories.ids)})"
             )
+        self.kept: dict[int, list[dict[str, Any]]] = {}  # the annotations behind each box
         self.objects = {image: self._objects(image) for image in self.coco.getImgIds()}
         self.slots = max([1, *(len(labels) for _, labels in self.objects.values())])
+        self.has_masks = any(
+            annotation.get("segmentation") for kept in self.kept.values() for annotation in kept
+        )
 
     def _objects(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         entry = self.coco.imgs[image_id]
         width, height = float(entry.get("width", np.inf)), float(entry.get("height", np.inf))
         boxes, labels = [], []
+        self.kept[image_id] = []
         for annotation in self.coco.imgToAnns.get(image_id, []):
             if annotation.get("iscrowd", 0):
                 continue
@@ -108,6 +118,7 @@ class BoxTable:
             if box[2] > box[0] and box[3] > box[1]:
                 boxes.append(box)
                 labels.append(self.index[annotation["category_id"]])
+                self.kept[image_id].append(annotation)
         return np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels, dtype=np.int64)
 
     def target(self, image_id: int, size: tuple[int, int]) -> dict[str, Any]:
@@ -122,6 +133,21 @@ class BoxTable:
             "boxes": tv_tensors.BoundingBoxes(padded, format="XYXY", canvas_size=size),
             "labels": classes,
         }
+
+    def masks(self, image_id: int, size: tuple[int, int], labels: Tensor) -> dict[str, Any]:
+        """The `inst` target: each kept object's mask (empty without a segmentation) in its
+        `det` slot, for an image of (height, width) `size`."""
+        masks = torch.zeros(self.slots, *size, dtype=torch.bool)
+        for slot, annotation in enumerate(self.kept[image_id]):
+            if annotation.get("segmentation"):
+                decoded = torch.from_numpy(self.coco.annToMask(annotation)).bool()
+                if tuple(decoded.shape) != size:
+                    raise UserError(
+                        f"{self.path}: image {image_id} is {size[0]}x{size[1]} but its "
+                        f"annotations' width and height say {decoded.shape[0]}x{decoded.shape[1]}"
+                    )
+                masks[slot] = decoded
+        return {"masks": tv_tensors.Mask(masks), "labels": labels.clone()}
 
 
 def read_image(path: Path) -> tv_tensors.Image:
@@ -148,7 +174,11 @@ class CocoSamples:
         image_id = self.image_ids[index]
         image = read_image(self.folder / self.table.coco.imgs[image_id]["file_name"])
         size = (int(image.shape[-2]), int(image.shape[-1]))
-        return {"image": image, "targets": {"det": self.table.target(image_id, size)}}
+        boxes = self.table.target(image_id, size)
+        targets = {"det": boxes}
+        if self.table.has_masks:
+            targets["inst"] = self.table.masks(image_id, size, boxes["labels"])
+        return {"image": image, "targets": targets}
 
 
 def coco_split(root: Path, split: str, categories: Categories | None) -> CocoSamples:
@@ -207,12 +237,14 @@ class CocoData(FileData):
         train = coco_split(folder, train_split, None)
         val = coco_split(folder, val_split, train.table.categories)
         names = list(train.table.categories.names)
+        val.table.has_masks = train.table.has_masks  # both splits give the same targets
+        tasks = ["det", "inst"] if train.table.has_masks else ["det"]
         info = DatasetInfo(
             name="coco",
             image_size=(320, 320),  # replaced by image_size
-            targets=frozenset({"det"}),
-            num_classes={"det": len(names)},
-            class_names={"det": names},
+            targets=frozenset(tasks),
+            num_classes=dict.fromkeys(tasks, len(names)),
+            class_names=dict.fromkeys(tasks, names),
         )
         super().__init__(
             info, train, val, image_size=image_size, train_size=train_size, val_size=val_size,
