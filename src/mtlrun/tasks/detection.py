@@ -16,7 +16,7 @@ from mtlrun.data import DatasetInfo
 from mtlrun.errors import UserError
 from mtlrun.tasks.base import Direction, Task
 from mtlrun.tasks.detection_metrics import DetectionAP, rank_within_groups
-from mtlrun.tasks.pictures import box_legend, draw_boxes, side_by_side, stack, titled
+from mtlrun.tasks.pictures import box_legend, draw_boxes, stack, truth_vs_prediction
 
 # per image {"boxes": (n, 4), "scores": (n,), "labels": (n,), "locations": (n,)}, the last
 # the index of the feature-map cell (row-major) each box came from
@@ -348,9 +348,5 @@ class DetectionTask(Task):
             images, [d["boxes"] for d in detections], [d["labels"] for d in detections], scale,
             names, [d["scores"] for d in detections],
         )  # fmt: skip
-        enlarged = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-        grid = titled(
-            side_by_side(enlarged, truth, predicted),
-            ["input", "truth", f"prediction >= {threshold:g}"], enlarged.shape[-1],
-        )  # fmt: skip
+        grid = truth_vs_prediction(images, truth, predicted, scale, threshold)
         return {"truth_vs_prediction": stack(grid, box_legend(names, grid.shape[-1]))}

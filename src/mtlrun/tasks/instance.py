@@ -46,7 +46,7 @@ from mtlrun.tasks.detection import (
     locations,
 )
 from mtlrun.tasks.instance_metrics import InstanceAP, masks_to_boxes
-from mtlrun.tasks.pictures import draw_instances, side_by_side, titled
+from mtlrun.tasks.pictures import draw_instances, truth_vs_prediction
 
 
 def dynamic_sizes(mask_channels: int, dynamic_channels: int) -> list[tuple[int, int]]:
@@ -312,9 +312,6 @@ class InstanceTask(Task):
             images, [d["masks"] for d in detections], [d["labels"] for d in detections], scale,
             names, [d["scores"] for d in detections],
         )  # fmt: skip
-        enlarged = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-        grid = titled(
-            side_by_side(enlarged, truth, predicted),
-            ["input", "truth", f"prediction >= {threshold:g}"], enlarged.shape[-1],
-        )  # fmt: skip
-        return {"truth_vs_prediction": grid}
+        return {
+            "truth_vs_prediction": truth_vs_prediction(images, truth, predicted, scale, threshold)
+        }

@@ -95,13 +95,8 @@ def draw_boxes(
             classes = image_labels.tolist()
             texts = None
             if names is not None:
-                texts = [
-                    names[label] if 0 <= label < len(names) else str(label) for label in classes
-                ]
-                if scores is not None:
-                    texts = [
-                        f"{t} {float(v):.2f}" for t, v in zip(texts, scores[index], strict=True)
-                    ]
+                values = None if scores is None else scores[index].tolist()
+                texts = tag_texts(classes, names, values)
             canvas = draw_bounding_boxes(
                 canvas, image_boxes.float().cpu() * scale, labels=texts,
                 colors=[box_colour(label) for label in classes], width=max(1, scale // 2),
@@ -109,6 +104,25 @@ def draw_boxes(
             )  # fmt: skip
         drawn.append(canvas.float() / 255)
     return torch.stack(drawn)
+
+
+def tag_texts(classes: list[int], names: list[str] | None, scores: list[float] | None) -> list[str]:
+    """Each box's or instance's tag: its class name (the number where `names` has none),
+    then its score to two decimals when `scores` are given."""
+    texts = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes]
+    if scores is None:
+        return texts
+    return [f"{text} {score:.2f}" for text, score in zip(texts, scores, strict=True)]
+
+
+def truth_vs_prediction(
+    images: Tensor, truth: Tensor, predicted: Tensor, scale: int, threshold: float
+) -> Tensor:
+    """Input (enlarged `scale` times, as `truth` and `predicted` were drawn) | truth |
+    prediction columns under their titles, the last naming the score `threshold`."""
+    large = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    titles = ["input", "truth", f"prediction >= {threshold:g}"]
+    return titled(side_by_side(large, truth, predicted), titles, large.shape[-1])
 
 
 def instance_colour(index: int) -> tuple[int, int, int]:
@@ -142,10 +156,8 @@ def draw_instances(
             paint = torch.tensor(colour, dtype=torch.float32)[:, None, None] / 255
             canvas = torch.where(mask, 0.4 * canvas + 0.6 * paint, canvas)
         classes = labels[index].cpu()[shown].tolist()
-        texts = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes]
-        if scores is not None:
-            values = scores[index].cpu()[shown].tolist()
-            texts = [f"{t} {v:.2f}" for t, v in zip(texts, values, strict=True)]
+        values = None if scores is None else scores[index].cpu()[shown].tolist()
+        texts = tag_texts(classes, names, values)
         drawn.append(_tagged_boxes(canvas.clamp(0, 1), big, texts, colours))
     return torch.stack(drawn)
 
