@@ -31,7 +31,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_boxes_and_contiguous_classes_come_from_the_json(small: Path) -> None:
-    data = open_coco(small, image_size=[48, 96])
+    data = open_coco(small, image_size=[48, 96], instance_masks=True)
     # ids 3, 7, 12 (listed 12, 3, 7) become classes 0, 1, 2 in increasing id order
     assert data.info.num_classes == {"det": 3, "inst": 3}
     names = ["circle", "square", "triangle"]
@@ -60,7 +60,7 @@ def test_boxes_and_contiguous_classes_come_from_the_json(small: Path) -> None:
 def test_instance_masks_are_the_decoded_segmentations_in_the_boxes_slots(small: Path) -> None:
     from pycocotools.coco import COCO
 
-    data = open_coco(small, image_size=[48, 96])
+    data = open_coco(small, image_size=[48, 96], instance_masks=True)
     coco = COCO(str(small / "annotations" / "instances_val2017.json"))
     batch = next(iter(data.val_batches()))
     inst, det = batch["targets"]["inst"], batch["targets"]["det"]
@@ -83,7 +83,10 @@ def test_instance_masks_are_the_decoded_segmentations_in_the_boxes_slots(small: 
         assert not inst["masks"][number, len(kept) :].any()  # padding: empty masks
 
 
-def test_a_file_without_segmentations_offers_det_only(tmp_path: Path) -> None:
+def test_masks_are_opt_in_and_need_segmentations(small: Path, tmp_path: Path) -> None:
+    data = open_coco(small)  # the default: a detection run decodes no mask
+    assert data.info.targets == frozenset({"det"})
+    assert "inst" not in next(iter(data.val_batches()))["targets"]
     root = write_learnable_coco(tmp_path / "coco", train=3, val=2)
     for split in ("train2017", "val2017"):
         path = root / "annotations" / f"instances_{split}.json"
@@ -91,9 +94,9 @@ def test_a_file_without_segmentations_offers_det_only(tmp_path: Path) -> None:
         for annotation in document["annotations"]:
             annotation["segmentation"] = []
         path.write_text(json.dumps(document))
-    data = open_coco(root)
-    assert data.info.targets == frozenset({"det"})
-    assert "inst" not in next(iter(data.val_batches()))["targets"]
+    with pytest.raises(UserError, match="has no segmentations") as raised:
+        open_coco(root, instance_masks=True)
+    assert "\n" not in str(raised.value)
 
 
 def test_crowd_and_empty_boxes_are_left_out(small: Path) -> None:
@@ -177,6 +180,18 @@ def test_the_command_line_trains_on_a_coco_folder(
     assert result.returncode == 0, result.output[-3000:]
     metrics = json.loads(next(result.cwd.rglob("metrics.json")).read_text())
     assert "val/det/map50" in metrics and "val/det/ap50/circle" in json.dumps(metrics)
+
+
+def test_an_instance_run_trains_on_a_coco_folder_with_masks(
+    call_main: Callable[[list[str]], Finished], small: Path
+) -> None:
+    """`mtlrun dataset=coco dataset.instance_masks=true 'tasks=[inst]'`."""
+    command = [item for item in COMMAND if item != "tasks=[det]"]
+    arguments = [f"dataset.root={small}", "dataset.instance_masks=true", "tasks=[inst]"]
+    result = call_main([*arguments, *command])
+    assert result.returncode == 0, result.output[-3000:]
+    metrics = json.loads(next(result.cwd.rglob("metrics.json")).read_text())
+    assert "val/inst/map50" in metrics and "val/inst/box_map50" in metrics
 
 
 def test_a_missing_coco_folder_is_one_line(call_main: Callable[[list[str]], Finished]) -> None:

@@ -15,9 +15,10 @@ increasing order to classes 0..n-1, named by the categories' names; the training
 categories are the classes. Crowd annotations (`iscrowd: 1`) and boxes without area are
 left out, and boxes are clipped to their image, as detection training usually does.
 
-Target `inst`, when the training file's annotations carry segmentations (polygons or RLE):
-{"masks": BoolTensor[B, M, H, W], "labels": LongTensor[B, M]}, the same objects in the same
-slots as `det`, each mask decoded with pycocotools' `annToMask`.
+Target `inst`, with `instance_masks: true` (off by default: a detection run would decode and
+resize M masks per image for nothing, and COCO pads M to 90-odd objects): {"masks":
+BoolTensor[B, M, H, W], "labels": LongTensor[B, M]}, the same objects in the same slots as
+`det`, each decoded from its segmentation (polygons or RLE) with pycocotools' `annToMask`.
 """
 
 import contextlib
@@ -101,9 +102,7 @@ class BoxTable:
         self.kept: dict[int, list[dict[str, Any]]] = {}  # the annotations behind each box
         self.objects = {image: self._objects(image) for image in self.coco.getImgIds()}
         self.slots = max([1, *(len(labels) for _, labels in self.objects.values())])
-        self.has_masks = any(
-            annotation.get("segmentation") for kept in self.kept.values() for annotation in kept
-        )
+        self.has_masks = False  # set by CocoData: give `inst` targets too
 
     def _objects(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         entry = self.coco.imgs[image_id]
@@ -181,6 +180,17 @@ class CocoSamples:
         return {"image": image, "targets": targets}
 
 
+def check_segmentations(table: BoxTable) -> None:
+    """`instance_masks` needs segmentations to decode; a detection-only export has none."""
+    if not any(
+        annotation.get("segmentation") for kept in table.kept.values() for annotation in kept
+    ):
+        raise UserError(
+            f"dataset.instance_masks=true, but {table.path} has no segmentations (polygons or "
+            "RLE) to make instance masks from; set dataset.instance_masks=false"
+        )
+
+
 def coco_split(root: Path, split: str, categories: Categories | None) -> CocoSamples:
     """One split, checked: its JSON reads, its image folder exists and holds every image."""
     table = BoxTable(root / "annotations" / f"instances_{split}.json", categories)
@@ -210,6 +220,8 @@ class CocoData(FileData):
         val_split: the evaluated split's name.
         image_size: every image is resized to this (a side, or [height, width]); required,
             as the images differ in size.
+        instance_masks: also give the `inst` target (the training file must have
+            segmentations).
         train_size, val_size, augment, num_workers: as for every file dataset.
         batch_size, shuffle_seed, device, rank, world_size: runtime arguments.
     """
@@ -220,6 +232,7 @@ class CocoData(FileData):
         train_split: str = "train2017",
         val_split: str = "val2017",
         image_size: int | Sequence[int] | None = 320,
+        instance_masks: bool = False,
         train_size: int | None = None,
         val_size: int | None = None,
         augment: JointAugmentation | None = None,
@@ -237,8 +250,10 @@ class CocoData(FileData):
         train = coco_split(folder, train_split, None)
         val = coco_split(folder, val_split, train.table.categories)
         names = list(train.table.categories.names)
-        val.table.has_masks = train.table.has_masks  # both splits give the same targets
-        tasks = ["det", "inst"] if train.table.has_masks else ["det"]
+        if instance_masks:
+            check_segmentations(train.table)
+            train.table.has_masks = val.table.has_masks = True
+        tasks = ["det", "inst"] if instance_masks else ["det"]
         info = DatasetInfo(
             name="coco",
             image_size=(320, 320),  # replaced by image_size
